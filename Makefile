@@ -1,0 +1,44 @@
+# The newcomer's commands:  `make demo` (the fleet at work) and `make test` (everything CI runs).
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: install services lint typecheck test test-fast demo schemas lock clean
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+services:
+	bash scripts/ensure-services.sh
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+## Everything CI runs: set-up, services, linters, type checks, the whole test suite.
+test: install services lint typecheck
+	$(BIN)/pytest
+
+## The fast tier: skips scenarios marked slow.
+test-fast: install services lint typecheck
+	$(BIN)/pytest -m "not slow"
+
+## Regenerate the committed JSON Schemas after changing a contract.
+schemas: install
+	$(BIN)/fleet schema export docs/schemas
+
+## Re-pin dependencies after editing pyproject.toml.
+lock: install
+	$(BIN)/pip-compile --quiet --allow-unsafe --extra dev --generate-hashes --strip-extras -o requirements.lock pyproject.toml
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

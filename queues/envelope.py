@@ -1,0 +1,238 @@
+"""The envelope: JWE compact serialization (RFC 7516), ``alg: dir``, ``enc: A256GCM``.
+
+The protected header carries the key id and the steering fields; JWE authenticates it as AAD, and
+anyone can read it without a key (``peek_header``). The payload is the message's JSON.
+Opening checks, in order: size ▶ JWE form ▶ algorithms ▶ kid ▶ AES-GCM ▶ header fields ▶
+producer owns the kid and may send the type ▶ type and schema version ▶ payload. Each failure
+is its own typed error with a stable reason code (queues.errors); none carries a payload value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from joserfc import jwe
+from joserfc.errors import JoseError
+from joserfc.jwk import OctKey
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from queues.contracts import Contract, model_for
+from queues.errors import (
+    AuthenticationFailed,
+    BodyTooLarge,
+    InvalidHeader,
+    InvalidPayload,
+    NotAuthorized,
+    NotJwe,
+    UnknownKid,
+    UnsupportedAlgorithm,
+)
+from queues.keys import KeyRegistry, ProducerKey
+
+ALG = "dir"
+ENC = "A256GCM"
+CONTENT_TYPE = "application/jose"
+DEFAULT_MAX_BODY_BYTES = 256 * 1024
+MAX_HEADER_SEGMENT_BYTES = 4096
+
+
+class _Registry(jwe.JWERegistry):
+    # Our own size check runs first and is the one that counts; joserfc's defaults (64 KiB of
+    # ciphertext) would refuse legitimate bodies below our configurable limit.
+    max_protected_header_length = MAX_HEADER_SEGMENT_BYTES
+    max_ciphertext_length = 64 * 1024 * 1024
+    max_aad_length = 64 * 1024 * 1024
+
+
+_JOSE = _Registry(algorithms=[ALG, ENC], strict_check_header=False)
+
+
+class EnvelopeHeader(BaseModel):
+    """The protected header: key id, algorithms and the steering fields. Authoritative."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", strict=True)
+
+    alg: Literal["dir"]
+    enc: Literal["A256GCM"]
+    kid: str = Field(min_length=1, max_length=128)
+    cty: Literal["application/json"] = "application/json"
+    message_id: uuid.UUID = Field(description="Unique per message, kept across retries and replays")
+    message_type: str = Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$", max_length=128)
+    schema_version: int = Field(ge=1, le=10_000)
+    producer: str = Field(pattern=r"^[a-z][a-z0-9-]{1,31}$")
+    created_at: AwareDatetime
+    correlation_id: uuid.UUID | None = None
+    entity_version: int | None = Field(default=None, ge=1)
+
+    def to_jose(self) -> dict[str, Any]:
+        fields = self.model_dump(mode="json", exclude_none=True)
+        fields["created_at"] = _rfc3339(self.created_at)
+        return fields
+
+    @classmethod
+    def from_jose(cls, raw: dict[str, Any]) -> EnvelopeHeader:
+        """Validate a decoded header object.
+
+        Raises:
+            InvalidHeader: a steering field is missing or malformed (named, never its value).
+        """
+        try:
+            return cls.model_validate_json(json.dumps(raw))
+        except ValidationError as exc:
+            raise InvalidHeader(f"invalid header: {describe_validation_error(exc)}") from None
+
+
+@dataclass(frozen=True)
+class SealedMessage:
+    """A sealed envelope ready to publish, with its readable header."""
+
+    body: bytes
+    header: EnvelopeHeader
+
+    @property
+    def message_id(self) -> uuid.UUID:
+        return self.header.message_id
+
+
+@dataclass(frozen=True)
+class OpenedMessage:
+    """An envelope that opened, authenticated, was authorized and validated."""
+
+    header: EnvelopeHeader
+    payload: Contract
+
+
+def describe_validation_error(exc: ValidationError, limit: int = 8) -> str:
+    """Field locations and error kinds of a pydantic error; never the input values."""
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False, include_context=False)[:limit]:
+        location = ".".join(str(p) for p in error["loc"]) or "(root)"
+        parts.append(f"{location}: {error['type']}")
+    more = exc.error_count() - limit
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "; ".join(parts)
+
+
+def seal(
+    payload: Contract,
+    key: ProducerKey,
+    *,
+    message_id: uuid.UUID | None = None,
+    correlation_id: uuid.UUID | None = None,
+    created_at: datetime | None = None,
+) -> SealedMessage:
+    """Encrypt ``payload`` under ``key`` with the steering fields in the protected header.
+
+    Raises:
+        NotAuthorized: the key's producer may not send this type.
+    """
+    if not key.may_send(payload.message_type):
+        raise NotAuthorized(f"producer {key.producer} may not send {payload.message_type}")
+    header = EnvelopeHeader(
+        alg=ALG,
+        enc=ENC,
+        kid=key.kid,
+        message_id=message_id or uuid.uuid4(),
+        message_type=payload.message_type,
+        schema_version=payload.schema_version,
+        producer=key.producer,
+        created_at=_to_millis(created_at or datetime.now(UTC)),
+        correlation_id=correlation_id,
+        entity_version=payload.header_entity_version(),
+    )
+    token = jwe.encrypt_compact(
+        header.to_jose(),
+        payload.model_dump_json().encode(),
+        OctKey.import_key(key.secret),
+        registry=_JOSE,
+    )
+    return SealedMessage(body=token.encode("ascii"), header=header)
+
+
+def peek_raw_header(body: bytes) -> dict[str, Any]:
+    """The protected header as a JSON object, read without a key and without trusting it.
+
+    Raises:
+        NotJwe: not five base64url segments with a JSON object first.
+    """
+    if body.count(b".") != 4:
+        raise NotJwe("body is not a JWE compact serialization (five dot-separated parts)")
+    segment = body.split(b".", 1)[0]
+    if len(segment) > MAX_HEADER_SEGMENT_BYTES:
+        raise NotJwe("protected header is larger than 4096 bytes")
+    try:
+        decoded = base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
+        raw = json.loads(decoded)
+    except (binascii.Error, ValueError):
+        raise NotJwe("protected header is not base64url-encoded JSON") from None
+    if not isinstance(raw, dict):
+        raise NotJwe("protected header is not a JSON object")
+    return raw
+
+
+def peek_header(body: bytes) -> EnvelopeHeader:
+    """The validated (but unauthenticated) header, for operators and the archive.
+
+    Raises:
+        NotJwe: not a JWE compact serialization.
+        InvalidHeader: a steering field is missing or malformed.
+    """
+    return EnvelopeHeader.from_jose(peek_raw_header(body))
+
+
+def open_envelope(
+    body: bytes, keys: KeyRegistry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+) -> OpenedMessage:
+    """Open, authenticate, authorize and validate one envelope.
+
+    Raises:
+        BodyTooLarge, NotJwe, UnsupportedAlgorithm, InvalidHeader, UnknownKid,
+        AuthenticationFailed, NotAuthorized, UnknownType, UnknownSchemaVersion, InvalidPayload.
+    """
+    if len(body) > max_body_bytes:
+        raise BodyTooLarge(f"body of {len(body)} bytes exceeds the limit of {max_body_bytes}")
+    raw = peek_raw_header(body)
+    if raw.get("alg") != ALG or raw.get("enc") != ENC or "zip" in raw:
+        raise UnsupportedAlgorithm(f"only alg {ALG!r} with enc {ENC!r} and no zip is accepted")
+    kid = raw.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise InvalidHeader("invalid header: kid: missing")
+    key = keys.get(kid)
+    if key is None:
+        raise UnknownKid(f"no registered key has id {kid[:128]!r}")
+    try:
+        decrypted = jwe.decrypt_compact(body, OctKey.import_key(key.secret), registry=_JOSE)
+    except (JoseError, ValueError):
+        raise AuthenticationFailed(
+            "ciphertext or protected header failed AES-GCM authentication"
+        ) from None
+    header = EnvelopeHeader.from_jose(decrypted.protected)
+    if header.producer != key.producer:
+        raise NotAuthorized(f"key {kid} belongs to another producer than {header.producer}")
+    if not key.may_send(header.message_type):
+        raise NotAuthorized(f"producer {header.producer} may not send {header.message_type}")
+    model = model_for(header.message_type, header.schema_version)
+    try:
+        payload = model.model_validate_json(decrypted.plaintext or b"")
+    except ValidationError as exc:
+        raise InvalidPayload(f"invalid payload: {describe_validation_error(exc)}") from None
+    if payload.header_entity_version() != header.entity_version:
+        raise InvalidHeader("invalid header: entity_version differs from the payload's")
+    return OpenedMessage(header=header, payload=payload)
+
+
+def _to_millis(moment: datetime) -> datetime:
+    # The header carries milliseconds; truncate so the sealed header equals the opened one.
+    moment = moment.astimezone(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

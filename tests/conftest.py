@@ -1,0 +1,36 @@
+"""Shared fixtures. Broker and database tests use the real services (the test command starts them)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from queues.keys import KeyRegistry, ProducerKey
+from tests.support.rabbit import amqp_url, scratch_vhost
+
+PRODUCER_TYPES = {
+    "order-management": ["provisioning.service.*", "billing.account.open"],
+    "self-care": ["crm.*"],
+    "payment-gateway": ["billing.payment.*"],
+    "network-inventory": ["provisioning.service.suspend", "provisioning.service.resume"],
+    "fleet": ["billing.*", "crm.*", "provisioning.*"],
+}
+
+
+@pytest.fixture
+def keys() -> KeyRegistry:
+    """A registry with one key per upstream producer plus the fleet's own."""
+    return KeyRegistry(ProducerKey.generate(p, types) for p, types in PRODUCER_TYPES.items())
+
+
+@pytest.fixture
+def vhost() -> Iterator[str]:
+    """A scratch vhost on the shared RabbitMQ, deleted afterwards."""
+    with scratch_vhost() as name:
+        yield name
+
+
+@pytest.fixture
+def vhost_url(vhost: str) -> str:
+    return amqp_url(vhost)

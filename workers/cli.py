@@ -1,0 +1,16 @@
+"""The ``fleet`` command. Each group lives in workers/commands/<group>.py and is registered here."""
+
+from __future__ import annotations
+
+import typer
+
+from workers.commands import keys, schema
+
+app = typer.Typer(
+    name="fleet",
+    help="telco-fleet: the asynchronous worker fleet between billing, provisioning and CRM.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(schema.app, name="schema")
+app.add_typer(keys.app, name="keys")

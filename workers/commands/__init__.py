@@ -1,0 +1,1 @@
+"""Subcommand groups of the ``fleet`` CLI, one module each."""

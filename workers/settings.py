@@ -1,0 +1,78 @@
+"""Settings, in one place: environment variables with the ``FLEET_`` prefix (pydantic-settings).
+
+Every setting carries its unit in its name and a one-line description; README lists them.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from queues.envelope import DEFAULT_MAX_BODY_BYTES
+from queues.keys import KeyRegistry, KeyRegistryError
+
+
+class Settings(BaseSettings):
+    """The fleet's settings; each field is ``FLEET_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="FLEET_", extra="ignore")
+
+    amqp_url: SecretStr = Field(
+        default=SecretStr("amqp://guest:guest@127.0.0.1:5672/%2F"),
+        description="RabbitMQ URL (user, password, host, port, vhost)",
+    )
+    database_url: SecretStr = Field(
+        default=SecretStr("postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+        description="PostgreSQL URL (SQLAlchemy form, psycopg 3 driver)",
+    )
+    keys_file: Path | None = Field(
+        default=None, description="Key registry file (mode 0600); see docs/wire-format.md"
+    )
+    keys_json: SecretStr | None = Field(
+        default=None, description="Key registry as JSON text, instead of keys_file (k8s secret)"
+    )
+    producer: str = Field(
+        default="fleet", description="Producer name this process seals as (outbox, fleet publish)"
+    )
+    max_body_bytes: int = Field(
+        default=DEFAULT_MAX_BODY_BYTES, ge=1024, description="Largest envelope accepted, bytes"
+    )
+    retry_tiers_s: list[int] = Field(
+        default=[5, 30, 120, 600, 3600],
+        description="Retry tier delays in seconds, shortest first (one parking queue each)",
+    )
+    delivery_limit: int = Field(
+        default=20, ge=2, description="Quorum delivery limit: the backstop for poison messages"
+    )
+    suspect_delivery_limit: int = Field(
+        default=3, ge=1, description="Quorum delivery limit of the suspect lanes"
+    )
+    queue_max_length: int = Field(
+        default=1_000_000, ge=1, description="Max messages per work queue; publishes beyond refused"
+    )
+    publish_window: int = Field(
+        default=1000, ge=1, description="Unconfirmed messages a publisher keeps in flight"
+    )
+    publish_timeout_s: float = Field(
+        default=30.0, gt=0, description="How long a publisher waits for confirms or while blocked"
+    )
+
+    def key_registry(self) -> KeyRegistry:
+        """The key registry from ``keys_json`` or ``keys_file``.
+
+        Raises:
+            KeyRegistryError: neither is set, or the registry is unreadable.
+        """
+        if self.keys_json is not None:
+            return KeyRegistry.from_json(self.keys_json.get_secret_value())
+        if self.keys_file is not None:
+            return KeyRegistry.load(self.keys_file)
+        raise KeyRegistryError("no key registry: set FLEET_KEYS_FILE or FLEET_KEYS_JSON")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
