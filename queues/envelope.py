@@ -35,8 +35,8 @@ from queues.errors import (
 )
 from queues.keys import KeyRegistry, ProducerKey
 
-ALG = "dir"
-ENC = "A256GCM"
+ALG: Literal["dir"] = "dir"
+ENC: Literal["A256GCM"] = "A256GCM"
 CONTENT_TYPE = "application/jose"
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
 MAX_HEADER_SEGMENT_BYTES = 4096
@@ -220,7 +220,7 @@ def open_envelope(
         raise NotAuthorized(f"producer {header.producer} may not send {header.message_type}")
     model = model_for(header.message_type, header.schema_version)
     try:
-        payload = model.model_validate_json(decrypted.plaintext or b"")
+        payload = model.model_validate_json(decrypted.plaintext or b"", strict=True)
     except ValidationError as exc:
         raise InvalidPayload(f"invalid payload: {describe_validation_error(exc)}") from None
     if payload.header_entity_version() != header.entity_version:

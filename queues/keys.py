@@ -8,8 +8,9 @@ included, so ``billing.*`` covers every billing type; a pattern without ``*`` is
 
 File format (``version`` 1)::
 
-    {"version": 1, "keys": [{"kid": "payment-gateway.20261121.3fa2c1", "producer": "payment-gateway",
-      "types": ["billing.payment.*"], "created_at": "2026-11-21T23:30:00Z", "key": "<base64url>"}]}
+    {"version": 1, "keys": [{"kid": "payment-gateway.20261121.3fa2c1",
+      "producer": "payment-gateway", "types": ["billing.payment.*"],
+      "created_at": "2026-11-21T23:30:00Z", "key": "<base64url of 32 bytes>"}]}
 
 Usage counts (messages sealed per kid) live beside it in ``<file>.usage.json``, merged under a
 file lock, because AES-GCM with random 96-bit nonces must be rotated long before 2^32 messages.

@@ -1,4 +1,4 @@
-"""Shared fixtures. Broker and database tests use the real services (the test command starts them)."""
+"""Shared fixtures. Broker and database tests use the real services (`make test` starts them)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,9 @@ class OpenAccount(Contract):
     account_id: UUID
     customer_id: UUID
     currency: CurrencyCode
-    cycle_day: int = Field(ge=1, le=28, description="Day of month the bill run invoices this account")
+    cycle_day: int = Field(
+        ge=1, le=28, description="Day of month the bill run invoices this account"
+    )
     payment_terms_days: int = Field(default=14, ge=0, le=90, description="Invoice due date offset")
 
     @model_validator(mode="after")

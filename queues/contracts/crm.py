@@ -22,7 +22,7 @@ from queues.contracts.fields import (
 class PostalAddress(BaseModel):
     """A postal address; billing prints it on invoices."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     street: ShortText
     postal_code: str = Field(pattern=r"^[A-Za-z0-9 -]{2,12}$")

@@ -1,4 +1,4 @@
-"""Shared field formats: identifiers as they travel on the wire (documented in docs/wire-format.md)."""
+"""Shared field formats: identifiers as they travel on the wire (docs/wire-format.md)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,9 @@ CountryCode = Annotated[
 
 EntityVersion = Annotated[
     int,
-    Field(ge=1, description="Monotonic version of the entity at the source; older than stored = stale"),
+    Field(
+        ge=1, description="Monotonic version of the entity at the source; older than stored = stale"
+    ),
 ]
 
 EmailAddress = Annotated[

@@ -58,7 +58,7 @@ def currency_exponent(code: str) -> int:
 class Money(BaseModel):
     """An amount in integer minor units of an ISO-4217 currency, with that currency's exponent."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     amount_minor: int = Field(
         ge=0,

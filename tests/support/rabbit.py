@@ -21,7 +21,9 @@ def rabbitmqctl(*args: str, check: bool = True) -> str:
     return result.stdout
 
 
-def amqp_url(vhost: str, user: str = "guest", password: str = "guest", port: int = AMQP_PORT) -> str:
+def amqp_url(
+    vhost: str, user: str = "guest", password: str = "guest", port: int = AMQP_PORT
+) -> str:
     return f"amqp://{user}:{password}@{AMQP_HOST}:{port}/{quote(vhost, safe='')}"
 
 

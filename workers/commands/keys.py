@@ -7,11 +7,19 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from queues.keys import ROTATE_AFTER_MESSAGES, KeyRegistry, KeyRegistryError, ProducerKey, read_usage
+from queues.keys import (
+    ROTATE_AFTER_MESSAGES,
+    KeyRegistry,
+    KeyRegistryError,
+    ProducerKey,
+    read_usage,
+)
 from workers.commands.output import console, emit_json, fail
 from workers.settings import get_settings
 
-app = typer.Typer(help="Producer keys (kid ▶ producer ▶ types ▶ AES-256 key).", no_args_is_help=True)
+app = typer.Typer(
+    help="Producer keys (kid ▶ producer ▶ types ▶ AES-256 key).", no_args_is_help=True
+)
 
 KeysFile = typer.Option(
     None, "--file", "-f", help="Key registry file (default: $FLEET_KEYS_FILE)", show_default=False
@@ -27,9 +35,14 @@ def _path(file: Path | None) -> Path:
 
 @app.command("new")
 def new(
-    producer: str = typer.Option(..., "--producer", "-p", help="Producer name, e.g. payment-gateway"),
+    producer: str = typer.Option(
+        ..., "--producer", "-p", help="Producer name, e.g. payment-gateway"
+    ),
     types: list[str] = typer.Option(
-        ..., "--types", "-t", help="Type pattern the producer may send (repeatable), e.g. 'billing.*'"
+        ...,
+        "--types",
+        "-t",
+        help="Type pattern the producer may send (repeatable), e.g. 'billing.*'",
     ),
     file: Path | None = KeysFile,
     json_output: bool = typer.Option(False, "--json", help="Print the new key's id as JSON"),
