@@ -2,9 +2,11 @@
 
 The protected header carries the key id and the steering fields; JWE authenticates it as AAD, and
 anyone can read it without a key (``peek_header``). The payload is the message's JSON.
-Opening checks, in order: size ▶ JWE form ▶ algorithms ▶ kid ▶ AES-GCM ▶ header fields ▶
-producer owns the kid and may send the type ▶ type and schema version ▶ payload. Each failure
-is its own typed error with a stable reason code (queues.errors); none carries a payload value.
+Opening checks, in order: size ▶ JWE form ▶ algorithms ▶ header fields ▶ kid ▶ AES-GCM ▶
+producer owns the kid and may send the type ▶ type and schema version ▶ payload. Everything
+before AES-GCM is checked on the unauthenticated header and only ever refuses; nothing is
+trusted until the tag verifies. Each failure is its own typed error with a stable reason code
+(queues.errors); none carries a payload value.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +23,14 @@ from typing import Any, Literal
 from joserfc import jwe
 from joserfc.errors import JoseError
 from joserfc.jwk import OctKey
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from queues.contracts import Contract, model_for
 from queues.errors import (
@@ -40,6 +50,14 @@ ENC: Literal["A256GCM"] = "A256GCM"
 CONTENT_TYPE = "application/jose"
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
 MAX_HEADER_SEGMENT_BYTES = 4096
+MAX_ENTITY_VERSION = 2**53 - 1  # exact in every JSON implementation (JavaScript numbers)
+
+_BASE64URL = re.compile(rb"^[A-Za-z0-9_-]*$")
+_CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
+# Compact JWE with alg "dir": empty encrypted key, 96-bit IV, 128-bit tag (base64url lengths).
+_IV_CHARS = 16
+_TAG_CHARS = 22
 
 
 class _Registry(jwe.JWERegistry):
@@ -68,7 +86,26 @@ class EnvelopeHeader(BaseModel):
     producer: str = Field(pattern=r"^[a-z][a-z0-9-]{1,31}$")
     created_at: AwareDatetime
     correlation_id: uuid.UUID | None = None
-    entity_version: int | None = Field(default=None, ge=1)
+    entity_version: int | None = Field(default=None, ge=1, le=MAX_ENTITY_VERSION)
+
+    @field_validator("message_id", "correlation_id", mode="before")
+    @classmethod
+    def _canonical_uuid(cls, value: object) -> object:
+        # One spelling only, so that ids compare as text everywhere (AMQP property, archive).
+        if not isinstance(value, str):
+            return value
+        if not _CANONICAL_UUID.match(value):
+            raise ValueError("must be a lower-case hyphenated UUID")
+        return uuid.UUID(value)
+
+    @field_validator("created_at", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        if not _RFC3339.match(value):
+            raise ValueError("must be an RFC 3339 date-time with an offset")
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
     def to_jose(self) -> dict[str, Any]:
         fields = self.model_dump(mode="json", exclude_none=True)
@@ -167,6 +204,8 @@ def peek_raw_header(body: bytes) -> dict[str, Any]:
     segment = body.split(b".", 1)[0]
     if len(segment) > MAX_HEADER_SEGMENT_BYTES:
         raise NotJwe("protected header is larger than 4096 bytes")
+    if not _BASE64URL.match(segment):
+        raise NotJwe("protected header is not unpadded base64url")
     try:
         decoded = base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
         raw = json.loads(decoded)
@@ -201,21 +240,23 @@ def open_envelope(
     raw = peek_raw_header(body)
     if raw.get("alg") != ALG or raw.get("enc") != ENC or "zip" in raw:
         raise UnsupportedAlgorithm(f"only alg {ALG!r} with enc {ENC!r} and no zip is accepted")
-    kid = raw.get("kid")
-    if not isinstance(kid, str) or not kid:
+    _check_compact_segments(body)
+    if "crit" in raw:
+        raise InvalidHeader("invalid header: crit: no critical extensions are understood")
+    if not isinstance(raw.get("kid"), str) or not raw["kid"]:
         raise InvalidHeader("invalid header: kid: missing")
-    key = keys.get(kid)
+    header = EnvelopeHeader.from_jose(raw)
+    key = keys.get(header.kid)
     if key is None:
-        raise UnknownKid(f"no registered key has id {kid[:128]!r}")
+        raise UnknownKid(f"no registered key has id {header.kid!r}")
     try:
         decrypted = jwe.decrypt_compact(body, OctKey.import_key(key.secret), registry=_JOSE)
     except (JoseError, ValueError):
         raise AuthenticationFailed(
             "ciphertext or protected header failed AES-GCM authentication"
         ) from None
-    header = EnvelopeHeader.from_jose(decrypted.protected)
     if header.producer != key.producer:
-        raise NotAuthorized(f"key {kid} belongs to another producer than {header.producer}")
+        raise NotAuthorized(f"key {key.kid} belongs to another producer than {header.producer}")
     if not key.may_send(header.message_type):
         raise NotAuthorized(f"producer {header.producer} may not send {header.message_type}")
     model = model_for(header.message_type, header.schema_version)
@@ -226,6 +267,16 @@ def open_envelope(
     if payload.header_entity_version() != header.entity_version:
         raise InvalidHeader("invalid header: entity_version differs from the payload's")
     return OpenedMessage(header=header, payload=payload)
+
+
+def _check_compact_segments(body: bytes) -> None:
+    _header, encrypted_key, iv, ciphertext, tag = body.split(b".")
+    if encrypted_key:
+        raise NotJwe("the encrypted-key part must be empty for alg 'dir'")
+    if len(iv) != _IV_CHARS or len(tag) != _TAG_CHARS:
+        raise NotJwe("A256GCM needs a 96-bit IV and a 128-bit tag")
+    if not all(_BASE64URL.match(part) for part in (iv, ciphertext, tag)):
+        raise NotJwe("IV, ciphertext and tag must be unpadded base64url")
 
 
 def _to_millis(moment: datetime) -> datetime:

@@ -18,7 +18,8 @@
     ├── TransientError              retry with backoff (database down, network element timeout)
     └── NotYet                      a precondition an in-flight message may still satisfy
 
-Every ``reason`` is a stable code documented in docs/wire-format.md and docs/operations.md.
+Every ``reason`` is a stable code documented in docs/wire-format.md (§8). Besides the codes of
+these classes, the fleet's lifecycle gives dead letters the codes in ``LIFECYCLE_REASONS``.
 No message built here carries a payload value: callers pass field names, never values.
 """
 
@@ -154,3 +155,11 @@ ENVELOPE_ERRORS: tuple[type[EnvelopeError], ...] = (
     InvalidPayload,
     Misrouted,
 )
+
+
+LIFECYCLE_REASONS: dict[str, str] = {
+    "retries_exhausted": "a transient failure outlived the retry budget (the last reason is kept)",
+    "not_yet_expired": "a NotYet precondition was still unmet at the horizon",
+    "delivery_limit": "the broker's delivery limit dead-lettered it (crashed its workers)",
+    "unroutable": "published to the fleet exchange with a routing key no queue is bound to",
+}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from workers.commands import keys, schema
+from workers.commands import keys, publish, schema
+from workers.commands import topology as topology_commands
 
 app = typer.Typer(
     name="fleet",
@@ -14,3 +15,6 @@ app = typer.Typer(
 )
 app.add_typer(schema.app, name="schema")
 app.add_typer(keys.app, name="keys")
+app.add_typer(topology_commands.app, name="topology")
+app.add_typer(topology_commands.roles_app, name="roles")
+app.command("publish")(publish.publish)

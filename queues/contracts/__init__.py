@@ -1,7 +1,7 @@
 """The catalogue: one frozen pydantic model per (message type, schema version).
 
 The routing key of a message is its type. ``CATALOGUE`` maps (type, version) to its model;
-``DOMAIN_OF`` maps a type to the queue that owns it (fan-outs are topology, see queues.topology).
+which queues a type reaches is topology (``queues.topology``: bindings and the fan-out).
 """
 
 from __future__ import annotations

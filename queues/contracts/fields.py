@@ -67,7 +67,9 @@ CountryCode = Annotated[
 EntityVersion = Annotated[
     int,
     Field(
-        ge=1, description="Monotonic version of the entity at the source; older than stored = stale"
+        ge=1,
+        le=2**53 - 1,
+        description="Monotonic version of the entity at the source; older than stored = stale",
     ),
 ]
 

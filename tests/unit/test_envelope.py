@@ -83,6 +83,12 @@ def _raw(
     return seal_raw({k: v for k, v in fields.items() if v is not None}, plaintext, key)
 
 
+def _with_part(body: bytes, index: int, part: bytes) -> bytes:
+    parts = body.split(b".")
+    parts[index] = part
+    return b".".join(parts)
+
+
 def _other_key(producer: str = "self-care") -> ProducerKey:
     return ProducerKey.generate(producer, ["crm.*"])
 
@@ -214,6 +220,53 @@ CASES: dict[str, Any] = {
             schema_version=9,
         ),
         UnknownSchemaVersion,
+    ),
+    "padded_header_segment": lambda k: (
+        b"=" + seal(sample("crm.interaction.log"), k.sealing_key("self-care")).body,
+        NotJwe,
+    ),
+    "encrypted_key_not_empty_for_dir": lambda k: (
+        _with_part(
+            seal(sample("crm.interaction.log"), k.sealing_key("self-care")).body, 1, b"AAAA"
+        ),
+        NotJwe,
+    ),
+    "iv_not_96_bits": lambda k: (
+        _with_part(
+            seal(sample("crm.interaction.log"), k.sealing_key("self-care")).body, 2, b"AAAA"
+        ),
+        NotJwe,
+    ),
+    "crit_member": lambda k: (
+        replace_header(
+            (body := _raw(k, "fleet", "provisioning.service.resume", b"{}")),
+            {**peek_raw_header(body), "crit": ["exp"], "exp": 1},
+        ),
+        InvalidHeader,
+    ),
+    "kid_longer_than_128": lambda k: (
+        _raw(k, "fleet", "provisioning.service.resume", b"{}", kid="k" * 129),
+        InvalidHeader,
+    ),
+    "message_id_not_canonical": lambda k: (
+        _raw(
+            k,
+            "fleet",
+            "provisioning.service.resume",
+            _payload_bytes("provisioning.service.resume"),
+            message_id=str(uuid.uuid4()).upper(),
+        ),
+        InvalidHeader,
+    ),
+    "created_at_as_unix_digits": lambda k: (
+        _raw(
+            k,
+            "fleet",
+            "provisioning.service.resume",
+            _payload_bytes("provisioning.service.resume"),
+            created_at="1763767503",
+        ),
+        InvalidHeader,
     ),
     "payload_not_json": lambda k: (
         _raw(k, "fleet", "billing.charge.post", b"\x80\x81 not json"),
