@@ -1,0 +1,1 @@
+"""The store: SQLAlchemy models, the engine, and the unit of work (inbox, effects, outbox)."""
