@@ -305,11 +305,13 @@ class Publisher:
                     break
             time.sleep(0.01)
         self._closing = True
-        connection = self._connection
-        if connection is not None:
-            with contextlib.suppress(AMQPError, RuntimeError, AttributeError):
-                connection.ioloop.add_callback_threadsafe(self._close_connection)
-        self._thread.join(timeout_s)
+        stop_by = time.monotonic() + timeout_s
+        while self._thread.is_alive() and time.monotonic() < stop_by:
+            connection = self._connection
+            if connection is not None:
+                with contextlib.suppress(AMQPError, RuntimeError, AttributeError):
+                    connection.ioloop.add_callback_threadsafe(self._close_connection)
+            self._thread.join(0.05)
         with self._lock:
             leftovers = list(self._outbox) + list(self._in_flight.values())
             self._outbox.clear()
@@ -375,6 +377,8 @@ class Publisher:
                 self._last_error = f"I/O loop error {type(exc).__name__}"
             self._ready.clear()
             self._channel = None
+            with contextlib.suppress(Exception):
+                connection.ioloop.close()  # its wake-up socket pair, or they leak
             self._return_in_flight_to_outbox()
             if self._closing:
                 break
@@ -404,6 +408,9 @@ class Publisher:
             )
 
     def _on_connection_open(self, connection: pika.SelectConnection) -> None:
+        if self._closing:
+            connection.close()
+            return
         connection.add_on_connection_blocked_callback(self._on_blocked)
         connection.add_on_connection_unblocked_callback(self._on_unblocked)
         connection.channel(on_open_callback=self._on_channel_open)

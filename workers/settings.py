@@ -59,6 +59,47 @@ class Settings(BaseSettings):
     publish_timeout_s: float = Field(
         default=30.0, gt=0, description="How long a publisher waits for confirms or while blocked"
     )
+    db_schema: str | None = Field(
+        default=None, description="PostgreSQL schema (search_path) of the fleet's tables"
+    )
+    network_url: str = Field(
+        default="http://127.0.0.1:8089", description="Base URL of the network element (HTTP)"
+    )
+    network_timeout_s: float = Field(
+        default=2.0, gt=0, description="Timeout of one network element call, seconds"
+    )
+    worker_domains: list[str] = Field(
+        default=[], description="Domains this worker serves (set by `fleet worker`; [] = all)"
+    )
+    worker_threads: int = Field(
+        default=4, ge=1, le=64, description="Worker threads per process (= prefetch per queue)"
+    )
+    shutdown_timeout_s: float = Field(
+        default=20.0, gt=0, description="How long a stopping worker finishes in-flight messages"
+    )
+    max_attempts: int = Field(
+        default=8, ge=1, description="Attempts of a transiently failing message before it dies"
+    )
+    skew_max_attempts: int = Field(
+        default=5, ge=1, description="Attempts for unknown kid / schema version (deploy skew)"
+    )
+    not_yet_horizon_s: float = Field(
+        default=6 * 3600, gt=0, description="How long a NotYet message may wait for its cause"
+    )
+    events_file: Path | None = Field(
+        default=None, description="Append outcome events (JSON lines) here; the demo reads them"
+    )
+    fault_at: str | None = Field(
+        default=None,
+        description="TESTS ONLY: crash point before_commit | after_commit_before_ack | "
+        "after_retry_publish_before_ack",
+    )
+    fault_marker: Path | None = Field(
+        default=None, description="TESTS ONLY: crash once, when this file can be created"
+    )
+    fault_crash_message_ids: list[str] = Field(
+        default=[], description="TESTS ONLY: message ids whose processing kills the process"
+    )
 
     def key_registry(self) -> KeyRegistry:
         """The key registry from ``keys_json`` or ``keys_file``.

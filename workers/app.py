@@ -1,0 +1,97 @@
+"""The Dramatiq application: the FleetBroker, one thin actor per (lane, type), the middleware.
+
+``fleet worker`` runs Dramatiq's CLI on this module. Lanes are the domain work queues and their
+``.suspect`` lanes; each lane gets an actor per message type that reaches it, plus one for
+envelopes whose header cannot be read (so that they, too, are dead-lettered with a reason).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+import dramatiq
+
+from queues.contracts import MESSAGE_TYPES
+from queues.envelope import peek_header
+from queues.errors import FleetError
+from queues.topology import DOMAINS, queues_of, suspect_queue
+from workers.broker import Delivery, FleetBroker
+from workers.middleware import FleetLifecycleMiddleware
+from workers.runtime import current_runtime
+from workers.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+UNREADABLE = "unreadable"
+
+
+def lanes_of(domain: str) -> tuple[str, str]:
+    return (domain, suspect_queue(domain))
+
+
+def types_of(domain: str) -> tuple[str, ...]:
+    return tuple(t for t in MESSAGE_TYPES if domain in queues_of(t))
+
+
+def actor_name(lane: str, message_type: str) -> str:
+    return f"{lane.replace('.', '_')}__{message_type.replace('.', '_')}"
+
+
+def choose_actor(queue: str, body: bytes) -> str:
+    """The actor for a delivery: by the (unauthenticated) header's type, else ``unreadable``."""
+    try:
+        message_type = peek_header(body[: get_settings().max_body_bytes + 1]).message_type
+    except FleetError:
+        return actor_name(queue, UNREADABLE)
+    if message_type not in types_of(queue.split(".", 1)[0]):
+        return actor_name(queue, UNREADABLE)
+    return actor_name(queue, message_type)
+
+
+def process(delivery: Delivery) -> None:
+    """Every actor's body: the lifecycle decides, the consumer settles."""
+    current_runtime().lifecycle.process(delivery)
+
+
+def build_broker() -> FleetBroker:
+    settings = get_settings()
+    new_broker = FleetBroker(
+        settings.amqp_url.get_secret_value(),
+        choose_actor=choose_actor,
+        prefetch=settings.worker_threads,
+        middleware=[FleetLifecycleMiddleware()],
+    )
+    for domain in DOMAINS:
+        for lane in lanes_of(domain):
+            for message_type in (*types_of(domain), UNREADABLE):
+                dramatiq.actor(
+                    actor_name=actor_name(lane, message_type), queue_name=lane, broker=new_broker
+                )(process)
+    return new_broker
+
+
+broker = build_broker()
+dramatiq.set_broker(broker)
+
+
+def run_suspect_lane() -> int:
+    """A one-at-a-time worker for the suspect lanes (a Dramatiq fork function)."""
+    settings = get_settings()
+    domains = settings.worker_domains or list(DOMAINS)
+    broker.prefetch = 1
+    stopping = threading.Event()
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    worker = dramatiq.Worker(broker, queues={suspect_queue(d) for d in domains}, worker_threads=1)
+    worker.start()
+    log.info("suspect lane running for %s", ", ".join(domains))
+    stopping.wait()
+    worker.stop(timeout=int(settings.shutdown_timeout_s * 1000))
+    broker.close()
+    return 0

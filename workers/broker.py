@@ -1,0 +1,323 @@
+"""FleetBroker: Dramatiq's public ``Broker`` / ``Consumer`` / ``MessageProxy`` over pika.
+
+What it does differently from Dramatiq's own RabbitMQ broker, and why (DESIGN §4):
+
+- **Passive declares only.** Topology belongs to ``fleet topology apply``; a missing queue is a
+  loud error, never a classic queue created on the fly.
+- **No enqueue, no delay queues.** Upstreams publish JWE envelopes with ``queues.publisher``;
+  retries are parked on the broker's tier queues, never held in worker memory.
+- **Each delivery becomes a Dramatiq message for the actor chosen by (queue, type)**, with
+  ``queue_name`` = the consumed queue, so a fanned-out message runs each queue's actor once.
+- **Three outcomes, decided by the actor wrapper** (``workers.lifecycle``) on the ``Delivery``:
+  ack, requeue — dead-lettering is a publish to ``fleet.dead`` followed by an ack. Only an
+  explicit ``ack`` decision acks; anything else (a crash in the wrapper, Dramatiq's ``nack``,
+  shutdown) returns the message to its queue. Nothing is acked by accident.
+- **Prefetch = worker threads**, and ``cancel_consumers`` when shutdown begins, so no new
+  deliveries arrive while in-flight work finishes.
+
+pika is not thread-safe: each consumer's connection belongs to its Dramatiq consumer thread;
+worker threads hand acks to it with ``add_callback_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import dramatiq
+import pika
+import pika.adapters.blocking_connection
+import pika.spec
+from dramatiq.errors import ConnectionClosed, ConnectionFailed, QueueNotFound
+from pika.exceptions import AMQPConnectionError, AMQPError, ChannelClosedByBroker
+
+log = logging.getLogger(__name__)
+
+
+class Settlement(StrEnum):
+    ACK = "ack"
+    REQUEUE = "requeue"
+
+
+@dataclass(eq=False)
+class Delivery:
+    """One AMQP delivery as the actor wrapper sees it. ``settle`` records the decision."""
+
+    queue: str
+    body: bytes
+    exchange: str
+    routing_key: str
+    redelivered: bool
+    headers: dict[str, Any]
+    message_id: str | None
+    message_type: str | None
+    content_type: str | None
+    settlement: Settlement | None = None
+    received_at: float = field(default_factory=time.time)
+
+    @property
+    def delivery_count(self) -> int:
+        """1 for a first delivery; n when the broker returned it n-1 times (crash, requeue).
+
+        ``x-delivery-count`` is trusted only on a redelivery: on a first delivery the broker
+        passes through whatever a publisher put there.
+        """
+        if not self.redelivered:
+            return 1
+        value = self.headers.get("x-delivery-count")
+        return 1 + value if isinstance(value, int) and value >= 0 else 2
+
+    def settle(self, settlement: Settlement) -> None:
+        self.settlement = settlement
+
+
+class FleetMessageProxy(dramatiq.MessageProxy):
+    """A Dramatiq message proxy that remembers its delivery and the consumer it came from."""
+
+    def __init__(
+        self, message: dramatiq.Message[Any], delivery: Delivery, tag: int, consumer: FleetConsumer
+    ) -> None:
+        super().__init__(message)
+        self.delivery = delivery
+        self.delivery_tag = tag
+        self.consumer = consumer
+
+
+ActorChooser = Callable[[str, bytes], str]
+
+
+class FleetBroker(dramatiq.Broker):
+    """Consumes the fleet's quorum queues; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        choose_actor: ActorChooser,
+        prefetch: int,
+        middleware: list[dramatiq.Middleware] | None = None,
+        heartbeat_s: int = 30,
+    ) -> None:
+        super().__init__(middleware=middleware if middleware is not None else [])
+        self.queues: set[str] = set()
+        self.parameters = pika.URLParameters(url)
+        self.parameters.heartbeat = heartbeat_s
+        self.parameters.connection_attempts = 1
+        self.choose_actor = choose_actor
+        self.prefetch = prefetch
+        self._consumers: list[FleetConsumer] = []
+        self._lock = threading.Lock()
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> FleetConsumer:
+        """A consumer of ``queue_name`` with prefetch = this broker's worker threads.
+
+        Raises:
+            ConnectionFailed: the broker cannot be reached.
+            QueueNotFound: the queue does not exist (run ``fleet topology apply``).
+        """
+        consumer = FleetConsumer(self, queue_name, self.prefetch or prefetch, timeout)
+        with self._lock:
+            self._consumers = [c for c in self._consumers if c.is_open] + [consumer]
+        return consumer
+
+    def declare_queue(self, queue_name: str) -> None:
+        if queue_name not in self.queues:
+            self.emit_before("declare_queue", queue_name)
+            self.queues.add(queue_name)
+            self.emit_after("declare_queue", queue_name)
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> Any:
+        raise NotImplementedError(
+            "FleetBroker does not enqueue Dramatiq messages: publish JWE envelopes with "
+            "queues.publisher.Publisher to the fleet exchange"
+        )
+
+    def get_declared_queues(self) -> set[str]:
+        return set(self.queues)
+
+    def get_declared_delay_queues(self) -> set[str]:
+        return set()
+
+    def cancel_consumers(self) -> None:
+        """Stop new deliveries on every consumer (shutdown begins); in-flight work continues."""
+        with self._lock:
+            consumers = list(self._consumers)
+        for consumer in consumers:
+            consumer.cancel()
+
+    def close(self) -> None:
+        with self._lock:
+            consumers, self._consumers = self._consumers, []
+        for consumer in consumers:
+            consumer.close()
+
+    def flush(self, queue_name: str) -> None:
+        connection = pika.BlockingConnection(self.parameters)
+        try:
+            connection.channel().queue_purge(queue_name)
+        finally:
+            connection.close()
+
+    def flush_all(self) -> None:
+        for queue_name in self.queues:
+            self.flush(queue_name)
+
+    def join(self, queue_name: str, *, timeout: int | None = None) -> None:
+        raise NotImplementedError("wait on the database or the broker's queue depth instead")
+
+
+class FleetConsumer(dramatiq.Consumer):
+    """Consumes one queue over its own connection, owned by the thread that created it."""
+
+    def __init__(
+        self, broker: FleetBroker, queue_name: str, prefetch: int, timeout_ms: int
+    ) -> None:
+        self.broker = broker
+        self.queue_name = queue_name
+        self._timeout_s = max(timeout_ms, 10) / 1000
+        self._owner = threading.current_thread()
+        self._ready: deque[FleetMessageProxy] = deque()
+        self._consumer_tag: str | None = None
+        try:
+            self._connection = pika.BlockingConnection(broker.parameters)
+        except AMQPConnectionError as exc:
+            raise ConnectionFailed(f"cannot connect to RabbitMQ: {type(exc).__name__}") from None
+        try:
+            self._channel = self._connection.channel()
+            self._channel.queue_declare(queue_name, passive=True)
+            self._channel.basic_qos(prefetch_count=prefetch)
+            self._consumer_tag = self._channel.basic_consume(queue_name, self._on_message)
+        except ChannelClosedByBroker as exc:
+            self._close_quietly()
+            if exc.reply_code == 404:
+                raise QueueNotFound(
+                    f"queue {queue_name!r} does not exist: run `fleet topology apply`"
+                ) from None
+            raise ConnectionClosed(f"cannot consume {queue_name!r}: {exc}") from None
+        except AMQPError as exc:
+            self._close_quietly()
+            raise ConnectionClosed(f"cannot consume {queue_name!r}: {type(exc).__name__}") from None
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self._connection.is_open)
+
+    # -- the consumer thread -------------------------------------------------------------------
+
+    def _on_message(
+        self,
+        _channel: pika.adapters.blocking_connection.BlockingChannel,
+        method: pika.spec.Basic.Deliver,
+        properties: pika.BasicProperties,
+        body: bytes,
+    ) -> None:
+        delivery = Delivery(
+            queue=self.queue_name,
+            body=body,
+            exchange=method.exchange,
+            routing_key=method.routing_key,
+            redelivered=bool(method.redelivered),
+            headers=dict(properties.headers or {}),
+            message_id=properties.message_id,
+            message_type=properties.type,
+            content_type=properties.content_type,
+        )
+        message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name=self.queue_name,
+            actor_name=self.broker.choose_actor(self.queue_name, body),
+            args=(delivery,),
+            kwargs={},
+            options={},
+        )
+        self._ready.append(FleetMessageProxy(message, delivery, method.delivery_tag, self))
+
+    def __next__(self) -> FleetMessageProxy | None:
+        try:
+            if not self._ready:
+                self._connection.process_data_events(time_limit=self._timeout_s)
+            return self._ready.popleft() if self._ready else None
+        except AMQPError as exc:
+            raise ConnectionClosed(
+                f"lost the connection consuming {self.queue_name!r}: {exc}"
+            ) from None
+
+    # -- any thread ----------------------------------------------------------------------------
+
+    def ack(self, message: dramatiq.MessageProxy) -> None:
+        """Acks only when the wrapper decided ``ack``; otherwise the message goes back."""
+        assert isinstance(message, FleetMessageProxy)
+        decided = message.delivery.settlement
+        self._settle(message, decided if decided is not None else Settlement.REQUEUE)
+
+    def nack(self, message: dramatiq.MessageProxy) -> None:
+        """Dramatiq's rejection: never dropped here, the message goes back to its queue."""
+        assert isinstance(message, FleetMessageProxy)
+        self._settle(message, Settlement.REQUEUE)
+
+    def requeue(self, messages: Iterable[dramatiq.MessageProxy]) -> None:
+        for message in messages:
+            assert isinstance(message, FleetMessageProxy)
+            self._settle(message, Settlement.REQUEUE)
+
+    def cancel(self) -> None:
+        """basic.cancel: no new deliveries; unacked ones stay ours until settled or closed."""
+        self._call(self._cancel_now)
+
+    def close(self) -> None:
+        if self._owner_thread_gone() or threading.current_thread() is self._owner:
+            with contextlib.suppress(AMQPError):
+                # Run acks handed over by worker threads that the consumer thread never ran.
+                if self._connection.is_open:
+                    self._connection.process_data_events(time_limit=0)
+            self._close_quietly()
+        else:
+            self._call(self._close_quietly)
+
+    def _settle(self, message: FleetMessageProxy, settlement: Settlement) -> None:
+        if message.consumer is not self:
+            # Dramatiq hands an old delivery to the thread's newest consumer after a reconnect;
+            # its tag means nothing on this channel, and the broker already returned it.
+            message.consumer._call(lambda: message.consumer._settle_now(message, settlement))
+            return
+        self._call(lambda: self._settle_now(message, settlement))
+
+    def _settle_now(self, message: FleetMessageProxy, settlement: Settlement) -> None:
+        if not self._channel.is_open:
+            return  # the broker returns unacked deliveries of a closed channel by itself
+        if settlement is Settlement.ACK:
+            self._channel.basic_ack(message.delivery_tag)
+        else:
+            self._channel.basic_nack(message.delivery_tag, requeue=True)
+
+    def _cancel_now(self) -> None:
+        if self._consumer_tag is not None and self._channel.is_open:
+            self._channel.basic_cancel(self._consumer_tag)
+            self._consumer_tag = None
+
+    def _call(self, action: Callable[[], None]) -> None:
+        try:
+            if threading.current_thread() is self._owner or self._owner_thread_gone():
+                action()
+            else:
+                self._connection.add_callback_threadsafe(action)
+        except (AMQPError, RuntimeError, ValueError) as exc:
+            log.warning(
+                "could not settle on %s (%s): the broker returns the message by itself",
+                self.queue_name,
+                type(exc).__name__,
+            )
+
+    def _owner_thread_gone(self) -> bool:
+        return not self._owner.is_alive()
+
+    def _close_quietly(self) -> None:
+        with contextlib.suppress(AMQPError, RuntimeError):
+            if self._connection.is_open:
+                self._connection.close()

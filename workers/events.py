@@ -1,0 +1,55 @@
+"""Outcome events: one structured record per message outcome.
+
+Kinds: ``ok``, ``duplicate``, ``stale``, ``retried``, ``dead``, ``suspect``, ``requeued``.
+Every event is a JSON log line (failures at WARNING, successes at DEBUG) and, when
+``FLEET_EVENTS_FILE`` is set, a line appended to that file (one ``write`` of one line with
+``O_APPEND``, so several processes can share it); the demo builds its summary from that file.
+Events carry ids, types, reasons and timings — never payload values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("fleet.events")
+
+FAILURE_KINDS = frozenset({"retried", "dead", "suspect", "requeued"})
+
+
+class EventSink:
+    """Writes outcome events to the log and, optionally, to a shared JSON-lines file."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._fd: int | None = None
+        if path is not None:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def emit(self, kind: str, **fields: Any) -> dict[str, Any]:
+        event = {"event": kind, "at": round(time.time(), 6), "pid": os.getpid(), **fields}
+        line = json.dumps(event, default=str, separators=(",", ":"))
+        level = logging.WARNING if kind in FAILURE_KINDS else logging.DEBUG
+        log.log(level, line)
+        if self._fd is not None:
+            os.write(self._fd, (line + "\n").encode())
+        return event
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """All events in a file written by ``EventSink`` (a torn last line is skipped)."""
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events

@@ -1,0 +1,308 @@
+"""The lifecycle of one delivery, decided in one place (the actor wrapper), before the ack.
+
+    delivery count ≥ 2 on a work queue   ▶ publish to "<queue>.suspect" (confirm) ▶ ack
+    routing key on "fleet" ≠ header type ▶ dead "misrouted"
+    envelope fails to open               ▶ retryable (unknown kid / schema version) ▶ retry tier,
+                                           bounded by skew_max_attempts; otherwise dead
+    handler ok / duplicate / stale       ▶ ack
+    TransientError / NotYet              ▶ next retry tier (confirm) ▶ ack;
+                                           attempts exhausted ▶ dead "retries_exhausted";
+                                           NotYet past its horizon ▶ dead "not_yet_expired"
+    PermanentError                       ▶ dead with its reason (confirm) ▶ ack
+    unexpected exception (a bug)         ▶ treated as transient, reason "unexpected_error"
+    no confirm for a retry/dead/suspect  ▶ requeue the original
+
+Retry and dead copies are the same envelope bytes with ``x-fleet-*`` headers; broker headers
+(``x-death``, ``x-delivery-count``) are not carried over, and ``x-fleet-*`` headers are trusted
+only on deliveries that did not come straight from a publisher (exchange ``fleet``): an upstream
+cannot shorten its own retry budget or fake a history. Never does a decision live in an
+after-hook: Dramatiq swallows their exceptions and acks anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from queues.envelope import EnvelopeHeader, OpenedMessage, open_envelope, peek_header
+from queues.errors import (
+    EnvelopeError,
+    FleetError,
+    InvalidHeader,
+    Misrouted,
+    NotYet,
+    PermanentError,
+    TransientError,
+)
+from queues.keys import KeyRegistry
+from queues.publisher import Outgoing, PublishResult
+from queues.topology import DEAD_EXCHANGE, FLEET_EXCHANGE, RETRY_EXCHANGE
+from workers.broker import Delivery, Settlement
+from workers.events import EventSink
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_CHARS = 500
+MAX_TRACEBACK_CHARS = 4000
+
+H_ATTEMPT = "x-fleet-attempt"
+H_FIRST_FAILURE = "x-fleet-first-failure"
+H_LAST_REASON = "x-fleet-last-reason"
+
+
+class Publishes(Protocol):
+    def publish_raw(self, items: list[Outgoing]) -> list[PublishResult]: ...
+
+
+Apply = Callable[[str, OpenedMessage], str]
+"""Performs the business effect for (queue, message); returns ok | duplicate | stale."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long and how often a message may come back before it is dead-lettered."""
+
+    tiers: tuple[tuple[str, int], ...]
+    max_attempts: int = 8
+    skew_max_attempts: int = 5
+    not_yet_horizon_s: float = 6 * 3600
+
+    def tier_for(self, attempt: int) -> str:
+        """The tier of the retry after failed attempt ``attempt`` (1-based)."""
+        return self.tiers[min(attempt, len(self.tiers)) - 1][0]
+
+
+def domain_of(queue: str) -> str:
+    """``billing.suspect`` ▶ ``billing``: the work queue a lane belongs to."""
+    return queue.split(".", 1)[0]
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Lifecycle:
+    """Takes the one decision per delivery and records it on the delivery."""
+
+    def __init__(
+        self,
+        *,
+        keys: KeyRegistry,
+        publisher: Publishes,
+        apply: Apply,
+        policy: RetryPolicy,
+        events: EventSink,
+        max_body_bytes: int,
+        fault_hook: Callable[[str, OpenedMessage | None], None] | None = None,
+    ) -> None:
+        self.keys = keys
+        self.publisher = publisher
+        self.apply = apply
+        self.policy = policy
+        self.events = events
+        self.max_body_bytes = max_body_bytes
+        self.fault_hook = fault_hook or (lambda point, opened: None)
+        self.host = socket.gethostname()
+
+    def process(self, delivery: Delivery) -> None:
+        """Decide and record the outcome of one delivery (``delivery.settlement``)."""
+        started = time.monotonic()
+        info = self._describe(delivery)
+        attempt = _int_header(_fleet_headers(delivery), H_ATTEMPT, default=1)
+        if not delivery.queue.endswith(".suspect") and delivery.delivery_count >= 2:
+            self._to_suspect_lane(delivery, info)
+            return
+        try:
+            opened = self._open(delivery)
+            self.fault_hook("before_handle", opened)
+            outcome = self.apply(domain_of(delivery.queue), opened)
+        except EnvelopeError as exc:
+            if exc.retryable and attempt < self.policy.skew_max_attempts:
+                self._retry(delivery, info, attempt, exc)
+            else:
+                self._dead(delivery, info, attempt, exc, exc.reason)
+            return
+        except NotYet as exc:
+            if attempt >= self.policy.max_attempts or self._past_horizon(delivery, info):
+                self._dead(delivery, info, attempt, exc, "not_yet_expired")
+            else:
+                self._retry(delivery, info, attempt, exc)
+            return
+        except PermanentError as exc:
+            self._dead(delivery, info, attempt, exc, exc.reason)
+            return
+        except Exception as exc:  # a bug or an unclassified failure: bounded like a transient
+            if not isinstance(exc, TransientError):
+                log.exception("unexpected error in %s %s", info.get("type"), info.get("message_id"))
+            if attempt >= self.policy.max_attempts:
+                self._dead(delivery, info, attempt, exc, "retries_exhausted")
+            else:
+                self._retry(delivery, info, attempt, exc)
+            return
+        self.fault_hook("after_commit_before_ack", opened)
+        delivery.settle(Settlement.ACK)
+        self.events.emit(
+            outcome,
+            **info,
+            attempt=attempt,
+            age_s=round(time.time() - opened.header.created_at.timestamp(), 6),
+            duration_s=round(time.monotonic() - started, 6),
+        )
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _describe(self, delivery: Delivery) -> dict[str, Any]:
+        info: dict[str, Any] = {"queue": delivery.queue}
+        try:
+            header = peek_header(delivery.body[: self.max_body_bytes + 1])
+        except FleetError:
+            info["message_id"] = delivery.message_id
+            info["type"] = delivery.message_type
+            return info
+        info.update(
+            message_id=str(header.message_id),
+            type=header.message_type,
+            producer=header.producer,
+            created_at=header.created_at.isoformat(),
+        )
+        return info
+
+    def _open(self, delivery: Delivery) -> OpenedMessage:
+        opened = open_envelope(delivery.body, self.keys, max_body_bytes=self.max_body_bytes)
+        header = opened.header
+        if delivery.exchange == FLEET_EXCHANGE and delivery.routing_key != header.message_type:
+            raise Misrouted("routing key on the fleet exchange differs from the header's type")
+        _check_advisory_properties(delivery, header)
+        return opened
+
+    def _past_horizon(self, delivery: Delivery, info: dict[str, Any]) -> bool:
+        first = _fleet_headers(delivery).get(H_FIRST_FAILURE)
+        started = _parse_time(first) or _parse_time(info.get("created_at"))
+        return started is not None and time.time() - started > self.policy.not_yet_horizon_s
+
+    def _publish(self, delivery: Delivery, info: dict[str, Any], out: Outgoing) -> bool:
+        result = self.publisher.publish_raw([out])[0]
+        if result.ok:
+            self.fault_hook(f"after_{out.exchange.split('.')[-1]}_publish_before_ack", None)
+            delivery.settle(Settlement.ACK)
+            return True
+        delivery.settle(Settlement.REQUEUE)
+        self.events.emit("requeued", **info, detail=f"{result.status}: {result.detail}")
+        return False
+
+    def _outgoing(
+        self,
+        delivery: Delivery,
+        info: dict[str, Any],
+        exchange: str,
+        key: str,
+        headers: dict[str, Any],
+    ) -> Outgoing:
+        return Outgoing(
+            exchange=exchange,
+            routing_key=key,
+            body=delivery.body,
+            message_id=str(info.get("message_id") or delivery.message_id or ""),
+            message_type=str(info.get("type") or delivery.message_type or ""),
+            headers=headers,
+        )
+
+    def _to_suspect_lane(self, delivery: Delivery, info: dict[str, Any]) -> None:
+        domain = domain_of(delivery.queue)
+        headers = {
+            **_fleet_headers(delivery),
+            "x-fleet-suspect-deliveries": delivery.delivery_count,
+        }
+        out = self._outgoing(delivery, info, RETRY_EXCHANGE, f"{domain}.suspect", headers)
+        if self._publish(delivery, info, out):
+            self.events.emit("suspect", **info, deliveries=delivery.delivery_count)
+
+    def _retry(
+        self, delivery: Delivery, info: dict[str, Any], attempt: int, exc: BaseException
+    ) -> None:
+        tier = self.policy.tier_for(attempt)
+        reason = getattr(exc, "reason", "unexpected_error")
+        headers = {
+            **_fleet_headers(delivery),
+            H_ATTEMPT: attempt + 1,
+            H_FIRST_FAILURE: _fleet_headers(delivery).get(H_FIRST_FAILURE) or _now_iso(),
+            H_LAST_REASON: reason,
+            "x-fleet-last-error-class": type(exc).__name__,
+        }
+        domain = domain_of(delivery.queue)
+        out = self._outgoing(delivery, info, RETRY_EXCHANGE, f"{domain}.{tier}", headers)
+        if self._publish(delivery, info, out):
+            self.events.emit("retried", **info, attempt=attempt, tier=tier, reason=reason)
+
+    def _dead(
+        self,
+        delivery: Delivery,
+        info: dict[str, Any],
+        attempt: int,
+        exc: BaseException,
+        reason: str,
+    ) -> None:
+        message = exc.message if isinstance(exc, FleetError) else type(exc).__name__
+        trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=8))
+        headers = {
+            **_fleet_headers(delivery),
+            "x-fleet-reason": reason,
+            "x-fleet-error-class": type(exc).__name__,
+            "x-fleet-error": message[:MAX_ERROR_CHARS],
+            "x-fleet-attempts": attempt,
+            H_FIRST_FAILURE: _fleet_headers(delivery).get(H_FIRST_FAILURE) or _now_iso(),
+            "x-fleet-last-failure": _now_iso(),
+            "x-fleet-worker-host": self.host,
+            "x-fleet-worker-pid": os.getpid(),
+            "x-fleet-death-id": str(uuid.uuid4()),
+            "x-fleet-queue": domain_of(delivery.queue),
+            "x-fleet-lane": delivery.queue,
+            "x-fleet-exchange": delivery.exchange,
+            "x-fleet-routing-key": delivery.routing_key,
+            "x-fleet-traceback": trace[-MAX_TRACEBACK_CHARS:],
+        }
+        if reason in ("retries_exhausted", "not_yet_expired"):
+            headers[H_LAST_REASON] = getattr(exc, "reason", "unexpected_error")
+        domain = domain_of(delivery.queue)
+        out = self._outgoing(delivery, info, DEAD_EXCHANGE, domain, headers)
+        if self._publish(delivery, info, out):
+            self.events.emit(
+                "dead", **info, attempt=attempt, reason=reason, error_class=type(exc).__name__
+            )
+
+
+def _check_advisory_properties(delivery: Delivery, header: EnvelopeHeader) -> None:
+    """AMQP properties are optional; when present they must agree with the header."""
+    if delivery.message_id and delivery.message_id != str(header.message_id):
+        raise InvalidHeader("invalid header: AMQP message_id property differs from the header's")
+    if delivery.message_type and delivery.message_type != header.message_type:
+        raise InvalidHeader("invalid header: AMQP type property differs from the header's")
+
+
+def _fleet_headers(delivery: Delivery) -> dict[str, Any]:
+    """The fleet's own bookkeeping headers, ignored on a publisher's first delivery."""
+    if delivery.exchange == FLEET_EXCHANGE:
+        return {}
+    return {k: v for k, v in delivery.headers.items() if k.startswith("x-fleet-")}
+
+
+def _int_header(headers: dict[str, Any], name: str, default: int) -> int:
+    value = headers.get(name)
+    return value if isinstance(value, int) and value >= 1 else default
+
+
+def _parse_time(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

@@ -1,0 +1,112 @@
+"""The outbox relay: publishes follow-up messages that handlers committed with their effects.
+
+Each pass locks a batch of unsent rows with ``FOR UPDATE SKIP LOCKED`` (so several relays never
+take the same row), seals them under the fleet's producer key with **the row's message id**,
+publishes them with streaming confirms, and marks ``sent_at`` only for confirmed ones — in the
+same transaction that holds the locks. A crash between publish and commit re-publishes the
+batch with the same ids; consumers absorb the copies in their inbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from datetime import UTC, datetime
+from types import FrameType
+
+from pydantic import ValidationError
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from handlers.store.models import Outbox
+from queues.contracts import CATALOGUE
+from queues.envelope import SealedMessage
+from queues.errors import FleetError
+from queues.publisher import Publisher
+from workers.runtime import Runtime, close_runtime, current_runtime
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 200
+IDLE_SLEEP_S = 0.2
+
+
+def relay_once(engine: Engine, publisher: Publisher, batch: int = DEFAULT_BATCH) -> int:
+    """Publish one batch of unsent follow-ups; return how many were confirmed."""
+    with Session(engine) as session, session.begin():
+        rows = (
+            session.execute(
+                select(Outbox)
+                .where(Outbox.sent_at.is_(None))
+                .order_by(Outbox.id)
+                .limit(batch)
+                .with_for_update(skip_locked=True)
+            )
+            .scalars()
+            .all()
+        )
+        if not rows:
+            return 0
+        sealed: list[tuple[Outbox, SealedMessage]] = []
+        for row in rows:
+            row.attempts += 1
+            model = CATALOGUE.get((row.message_type, row.schema_version))
+            if model is None:
+                log.error(
+                    "outbox row %s: %s v%s is not in the catalogue",
+                    row.id,
+                    row.message_type,
+                    row.schema_version,
+                )
+                continue
+            try:
+                payload = model.model_validate(row.payload)
+                sealed.append(
+                    (
+                        row,
+                        publisher.seal(
+                            payload, message_id=row.message_id, correlation_id=row.correlation_id
+                        ),
+                    )
+                )
+            except (ValidationError, FleetError) as exc:
+                log.error("outbox row %s cannot be sealed: %s", row.id, type(exc).__name__)
+        results = publisher.publish_batch([s for _, s in sealed])
+        now = datetime.now(UTC)
+        confirmed = 0
+        for (row, _), result in zip(sealed, results, strict=True):
+            if result.ok:
+                row.sent_at = now
+                confirmed += 1
+            else:
+                log.warning(
+                    "outbox %s not published: %s %s", row.message_id, result.status, result.detail
+                )
+        return confirmed
+
+
+def run_relay(runtime: Runtime, stopping: threading.Event, batch: int = DEFAULT_BATCH) -> None:
+    """Relay until ``stopping`` is set."""
+    while not stopping.is_set():
+        try:
+            sent = relay_once(runtime.engine, runtime.publisher, batch)
+        except Exception:
+            log.exception("outbox relay pass failed; trying again")
+            sent = 0
+        if sent == 0:
+            stopping.wait(IDLE_SLEEP_S)
+
+
+def run_outbox_relay() -> int:
+    """The relay as a process of its own (a Dramatiq fork function, or ``fleet outbox relay``)."""
+    stopping = threading.Event()
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    run_relay(current_runtime(), stopping)
+    close_runtime()
+    return 0

@@ -1,0 +1,160 @@
+"""One process's runtime, built after fork: engine, network element, publisher, lifecycle.
+
+This is the one place that wires dependencies (cosmicpython's bootstrap). Worker processes,
+the suspect lane and the outbox relay each build their own on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from handlers import bus
+from handlers.network import HttpNetworkElement
+from handlers.store.db import make_engine
+from handlers.store.uow import UnitOfWork
+from queues.envelope import OpenedMessage
+from queues.keys import KeyRegistry
+from queues.publisher import Publisher
+from queues.topology import tier_name
+from workers.events import EventSink
+from workers.lifecycle import Lifecycle, RetryPolicy
+from workers.settings import Settings, get_settings
+
+FAULT_POINTS = frozenset(
+    {"before_commit", "after_commit_before_ack", "after_retry_publish_before_ack"}
+)
+KILLED_EXIT_CODE = 137
+
+
+class Faults:
+    """Deterministic crash points, for tests only (``FLEET_FAULT_*``; off by default)."""
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.fault_at is not None and settings.fault_at not in FAULT_POINTS:
+            raise ValueError(f"FLEET_FAULT_AT must be one of {sorted(FAULT_POINTS)}")
+        self.point = settings.fault_at
+        self.marker = settings.fault_marker
+        self.poison = frozenset(settings.fault_crash_message_ids)
+
+    def __call__(self, point: str, opened: OpenedMessage | None) -> None:
+        if (
+            point == "before_handle"
+            and opened is not None
+            and str(opened.header.message_id) in (self.poison)
+        ):
+            os._exit(KILLED_EXIT_CODE)
+        if point != self.point:
+            return
+        if self.marker is not None:
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            except FileExistsError:
+                return  # crashed here once already
+        os._exit(KILLED_EXIT_CODE)
+
+
+class _FaultyUnitOfWork(UnitOfWork):
+    def __init__(self, engine: Engine, faults: Faults) -> None:
+        super().__init__(engine)
+        self._faults = faults
+
+    def commit(self) -> None:
+        self._faults("before_commit", None)
+        super().commit()
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    keys: KeyRegistry
+    engine: Engine
+    network: HttpNetworkElement
+    publisher: Publisher
+    events: EventSink
+    lifecycle: Lifecycle
+
+    def close(self) -> None:
+        self.publisher.close()
+        self.network.close()
+        self.engine.dispose()
+        self.events.close()
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        tiers=tuple((tier_name(s), s) for s in settings.retry_tiers_s),
+        max_attempts=settings.max_attempts,
+        skew_max_attempts=settings.skew_max_attempts,
+        not_yet_horizon_s=settings.not_yet_horizon_s,
+    )
+
+
+def build_runtime(settings: Settings | None = None) -> Runtime:
+    """Everything a worker process needs, connected (call it after fork)."""
+    settings = settings or get_settings()
+    keys = settings.key_registry()
+    engine = make_engine(
+        settings.database_url.get_secret_value(),
+        settings.db_schema,
+        pool_size=settings.worker_threads,
+    )
+    network = HttpNetworkElement(settings.network_url, timeout_s=settings.network_timeout_s)
+    publisher = Publisher(
+        settings.amqp_url.get_secret_value(),
+        keys,
+        settings.producer,
+        window=settings.publish_window,
+        confirm_timeout_s=settings.publish_timeout_s,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    events = EventSink(settings.events_file)
+    faults = Faults(settings)
+
+    def new_uow() -> UnitOfWork:
+        return (
+            _FaultyUnitOfWork(engine, faults)
+            if faults.point == "before_commit"
+            else UnitOfWork(engine)
+        )
+
+    def apply(queue: str, opened: OpenedMessage) -> str:
+        header = opened.header
+        return str(bus.handle(queue, header.message_id, header, opened.payload, new_uow, network))
+
+    lifecycle = Lifecycle(
+        keys=keys,
+        publisher=publisher,
+        apply=apply,
+        policy=retry_policy(settings),
+        events=events,
+        max_body_bytes=settings.max_body_bytes,
+        fault_hook=faults,
+    )
+    return Runtime(settings, keys, engine, network, publisher, events, lifecycle)
+
+
+_runtime: Runtime | None = None
+_runtime_pid: int | None = None
+_lock = threading.Lock()
+
+
+def current_runtime() -> Runtime:
+    """This process's runtime, built on first use (never inherited across fork)."""
+    global _runtime, _runtime_pid
+    with _lock:
+        if _runtime is None or _runtime_pid != os.getpid():
+            _runtime = build_runtime()
+            _runtime_pid = os.getpid()
+        return _runtime
+
+
+def close_runtime() -> None:
+    global _runtime
+    with _lock:
+        if _runtime is not None and _runtime_pid == os.getpid():
+            _runtime.close()
+        _runtime = None
