@@ -7,7 +7,9 @@ envelopes whose header cannot be read (so that they, too, are dead-lettered with
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import threading
 from types import FrameType
@@ -78,20 +80,51 @@ dramatiq.set_broker(broker)
 
 
 def run_suspect_lane() -> int:
-    """A one-at-a-time worker for the suspect lanes (a Dramatiq fork function)."""
-    settings = get_settings()
-    domains = settings.worker_domains or list(DOMAINS)
-    broker.prefetch = 1
+    """The suspect lanes' supervisor (a Dramatiq fork function).
+
+    A suspect may crash its process again — that is why it is here — so the lane runs in a child
+    that is restarted when it dies; the quorum delivery limit of the lane dead-letters a message
+    that keeps killing it.
+    """
+    domains = get_settings().worker_domains or list(DOMAINS)
     stopping = threading.Event()
+    child = 0
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         stopping.set()
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
+    while not stopping.is_set():
+        # os.fork, not multiprocessing: Dramatiq's fork processes are daemonic and may not
+        # have multiprocessing children.
+        child = os.fork()
+        if child == 0:
+            code = 0
+            try:
+                _serve_suspect_lane(domains)
+            except BaseException:
+                log.exception("suspect lane failed")
+                code = 1
+            os._exit(code)
+        _pid, status = os.waitpid(child, 0)
+        child = 0
+        if not stopping.is_set():
+            log.warning("suspect lane exited (status %s); restarting it", status)
+            stopping.wait(1.0)
+    return 0
+
+
+def _serve_suspect_lane(domains: list[str]) -> None:
+    """One message at a time: prefetch 1, one thread."""
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stopping.set())
+    broker.prefetch = 1
     worker = dramatiq.Worker(broker, queues={suspect_queue(d) for d in domains}, worker_threads=1)
     worker.start()
     log.info("suspect lane running for %s", ", ".join(domains))
     stopping.wait()
-    worker.stop(timeout=int(settings.shutdown_timeout_s * 1000))
+    worker.stop(timeout=int(get_settings().shutdown_timeout_s * 1000))
     broker.close()
-    return 0

@@ -102,7 +102,11 @@ def build_runtime(settings: Settings | None = None) -> Runtime:
         settings.db_schema,
         pool_size=settings.worker_threads,
     )
-    network = HttpNetworkElement(settings.network_url, timeout_s=settings.network_timeout_s)
+    network = HttpNetworkElement(
+        settings.network_url,
+        timeout_s=settings.network_timeout_s,
+        attempts=settings.network_attempts,
+    )
     publisher = Publisher(
         settings.amqp_url.get_secret_value(),
         keys,

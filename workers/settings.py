@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     network_timeout_s: float = Field(
         default=2.0, gt=0, description="Timeout of one network element call, seconds"
     )
+    network_attempts: int = Field(
+        default=4, ge=1, le=10, description="Tries per network element call (tenacity), in-process"
+    )
     worker_domains: list[str] = Field(
         default=[], description="Domains this worker serves (set by `fleet worker`; [] = all)"
     )

@@ -1,0 +1,177 @@
+"""Crashes, poison and restarts with real worker processes; every scenario ends with the ledger."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from queues.contracts import Contract
+from tests.support.factories import sample
+from tests.support.fleet import FleetUnderTest, fleet_under_test
+
+pytestmark = [pytest.mark.broker, pytest.mark.db, pytest.mark.slow]
+
+
+def workload(accounts: int, charges_per_account: int) -> tuple[list[Contract], list[Contract]]:
+    """Account opens and their charges (charges of the last account arrive before it opens)."""
+    ids = [uuid.uuid4() for _ in range(accounts)]
+    opens = [sample("billing.account.open", account_id=a) for a in ids]
+    charges = [
+        sample("billing.charge.post", account_id=a) for a in ids for _ in range(charges_per_account)
+    ]
+    return opens, charges
+
+
+class Supervisor:
+    """Restarts ``fleet worker`` when it exits, like Kubernetes restarts a pod."""
+
+    def __init__(self, fleet: FleetUnderTest, **options: object) -> None:
+        self.fleet = fleet
+        self.options = options
+        self.restarts = 0
+        self.process: subprocess.Popen[bytes] = fleet.start_workers(**options)  # type: ignore[arg-type]
+
+    def __call__(self) -> None:
+        if self.process.poll() is not None:
+            self.restarts += 1
+            self.process = self.fleet.start_workers(**self.options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "point", ["before_commit", "after_commit_before_ack", "after_retry_publish_before_ack"]
+)
+def test_sigkill_at_each_fault_point_loses_and_doubles_nothing(tmp_path: Path, point: str) -> None:
+    marker = tmp_path / "crashed"
+    # Enough attempts that the late account's charges outlive the crash and restart.
+    env = {"FLEET_FAULT_AT": point, "FLEET_FAULT_MARKER": str(marker), "FLEET_MAX_ATTEMPTS": "100"}
+    with fleet_under_test(tmp_path, env=env) as fleet:
+        opens, charges = workload(accounts=20, charges_per_account=10)
+        late_open = opens.pop()
+        supervisor = Supervisor(fleet, processes=2, threads=4)
+        fleet.publish(charges[-10:])  # the late account's charges: NotYet, so retries happen
+        fleet.publish(opens, "order-management")
+        fleet.publish(charges[:-10])
+        fleet.wait_for(marker.exists, timeout_s=60, what=f"a crash at {point}")
+        fleet.publish([late_open], "order-management")
+        fleet.wait_settled(timeout_s=120, supervise=supervisor)
+        report = fleet.ledger()
+        assert report.ok, report.summary()
+        assert not report.dead_by_reason, report.summary()
+        assert supervisor.restarts >= 1
+        totals = fleet.query("SELECT count(*), coalesce(sum(amount_minor), 0) FROM billing_charges")
+        assert totals == [(len(charges), sum(c.amount.amount_minor for c in charges))]  # type: ignore[attr-defined]
+
+
+def test_a_message_that_kills_its_worker_dies_alone_in_the_suspect_lane(tmp_path: Path) -> None:
+    poison = sample("crm.interaction.log")
+    poison_id = str(uuid.uuid4())
+    env = {"FLEET_FAULT_CRASH_MESSAGE_IDS": json.dumps([poison_id])}
+    with fleet_under_test(tmp_path, env=env) as fleet:
+        supervisor = Supervisor(fleet, processes=2, threads=4)
+        healthy = [sample("crm.interaction.log") for _ in range(150)]
+        fleet.publish(healthy[:75], "self-care")
+        fleet.publish(
+            [fleet.seal(poison, "self-care", message_id=uuid.UUID(poison_id))], "self-care"
+        )
+        fleet.publish(healthy[75:], "self-care")
+        expected = fleet.expected() - {(poison_id, "crm")}
+        fleet.wait_for(
+            lambda: (
+                (supervisor() or True)
+                and expected <= fleet.settled()
+                and fleet.depth("crm.dead") == 1
+            ),
+            timeout_s=180,
+            what="healthy messages processed and the poison dead-lettered",
+        )
+        report = fleet.ledger(poison=[poison_id])
+        assert report.ok, report.summary()
+        assert report.dead_by_reason == {"delivery_limit": 1}
+        assert report.processed["ok"] == 150
+        suspects = {e["message_id"] for e in fleet.events() if e["event"] == "suspect"}
+        assert poison_id in suspects
+
+
+def test_five_sigterms_during_a_run_lose_double_and_kill_nothing(tmp_path: Path) -> None:
+    with fleet_under_test(tmp_path, env={"FLEET_SHUTDOWN_TIMEOUT_S": "8"}) as fleet:
+        opens, charges = workload(accounts=40, charges_per_account=50)
+        fleet.publish(opens, "order-management")
+        fleet.publish(charges)
+        process = fleet.start_workers(processes=2, threads=4)
+        for _ in range(5):
+            seen = len(fleet.events())
+            fleet.wait_for(
+                lambda seen=seen: len(fleet.events()) > seen, what="the restarted fleet at work"
+            )
+            time.sleep(random.uniform(0.1, 0.8))
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=30)
+            assert time.monotonic() - started < 8 + 10, "did not stop within the shutdown bound"
+            assert code == 0
+            process = fleet.start_workers(processes=2, threads=4)
+        fleet.wait_settled(timeout_s=180)
+        report = fleet.ledger()
+        assert report.ok, report.summary()
+        assert not report.dead_by_reason, report.summary()
+        assert fleet.query("SELECT count(*) FROM billing_charges") == [(len(charges),)]
+
+
+def _activations(fleet: FleetUnderTest, count: int) -> None:
+    accounts = [uuid.uuid4() for _ in range(count)]
+    fleet.publish(
+        [sample("billing.account.open", account_id=a) for a in accounts], "order-management"
+    )
+    fleet.publish(
+        [sample("provisioning.service.activate", account_id=a) for a in accounts],
+        "order-management",
+    )
+
+
+def test_follow_ups_committed_before_a_crash_are_relayed_after_restart(tmp_path: Path) -> None:
+    with fleet_under_test(tmp_path) as fleet:
+        workers = fleet.start_workers(processes=1, threads=4, outbox_relay=False)
+        _activations(fleet, 20)
+        fleet.wait_for(
+            lambda: fleet.query("SELECT count(*) FROM outbox")[0][0] == 40, what="40 outbox rows"
+        )
+        fleet.local.signal(workers, signal.SIGKILL)
+        workers.wait(10)
+        assert fleet.query("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == [(40,)]
+        fleet.start_workers(processes=1, threads=4, outbox_relay=True)
+        fleet.wait_settled()
+        report = fleet.ledger()
+        assert report.ok, report.summary()
+        assert fleet.query("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == [(0,)]
+        assert fleet.query("SELECT count(*) FROM billing_charges") == [(20,)]
+
+
+def test_two_relays_at_once_publish_each_follow_up_once(tmp_path: Path) -> None:
+    with fleet_under_test(tmp_path) as fleet:
+        fleet.start_workers(processes=2, threads=4, outbox_relay=False)
+        _activations(fleet, 100)
+        fleet.wait_for(
+            lambda: fleet.query("SELECT count(*) FROM outbox")[0][0] == 200,
+            timeout_s=60,
+            what="200 outbox rows",
+        )
+        fleet.local.spawn("relay-a", ["outbox", "relay"])
+        fleet.local.spawn("relay-b", ["outbox", "relay"])
+        fleet.wait_settled()
+        assert fleet.query(
+            "SELECT count(*), max(attempts) FROM outbox WHERE sent_at IS NOT NULL"
+        ) == [(200, 1)]
+        follow_ups = {str(m) for (m,) in fleet.query("SELECT message_id FROM outbox")}
+        duplicates = [
+            e for e in fleet.events() if e["event"] == "duplicate" and e["message_id"] in follow_ups
+        ]
+        assert duplicates == []
+        report = fleet.ledger()
+        assert report.ok, report.summary()

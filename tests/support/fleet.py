@@ -1,0 +1,208 @@
+"""A real fleet for end-to-end tests: scratch vhost, migrated schema, keys, simulator, workers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import Engine, text
+
+from queues.contracts import Contract
+from queues.envelope import SealedMessage, seal
+from queues.keys import KeyRegistry, ProducerKey
+from queues.publisher import Outgoing, Publisher, PublishResult
+from queues.topology import DOMAINS, TopologyConfig, apply, queues_of
+from tests.conftest import PRODUCER_TYPES
+from tests.support.broker_state import queue_depth
+from tests.support.db import DATABASE_URL, migrated_schema
+from tests.support.rabbit import amqp_url, rabbitmqctl, scratch_vhost
+from workers.events import read_events
+from workers.ledger import LedgerReport, check_ledger, drain_dead_letters
+from workers.local import LocalFleet
+
+FINAL_EVENTS = frozenset({"ok", "duplicate", "stale", "dead"})
+
+
+@dataclass
+class FleetUnderTest:
+    url: str
+    vhost: str
+    engine: Engine
+    schema: str
+    keys: KeyRegistry
+    local: LocalFleet
+    events_file: Path
+    confirmed: dict[str, str] = field(default_factory=dict)
+    publishers: dict[str, Publisher] = field(default_factory=dict)
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def publisher(self, producer: str) -> Publisher:
+        if producer not in self.publishers:
+            self.publishers[producer] = Publisher(self.url, self.keys, producer)
+        return self.publishers[producer]
+
+    def publish(
+        self, payloads: Iterable[Contract | SealedMessage], producer: str = "fleet"
+    ) -> list[PublishResult]:
+        results = self.publisher(producer).publish_batch(list(payloads))
+        assert all(r.ok for r in results), [r for r in results if not r.ok]
+        self.confirmed.update({str(r.message_id): r.message_type for r in results})
+        return results
+
+    def publish_raw(
+        self, body: bytes, message_type: str, message_id: str, routing_key: str | None = None
+    ) -> None:
+        """Publish any bytes to ``fleet`` (a foreign or hostile publisher), with a confirm."""
+        out = Outgoing("fleet", routing_key or message_type, body, message_id, message_type)
+        [result] = self.publisher("fleet").publish_raw([out])
+        assert result.ok, result
+        self.confirmed[message_id] = message_type
+
+    def seal(self, payload: Contract, producer: str = "fleet", **options: Any) -> SealedMessage:
+        return seal(payload, self.keys.sealing_key(producer), **options)
+
+    # -- observing ----------------------------------------------------------------------------
+
+    def events(self) -> list[dict[str, Any]]:
+        return read_events(self.events_file) if self.events_file.exists() else []
+
+    def settled(self) -> set[tuple[str, str]]:
+        return {
+            (str(e.get("message_id")), str(e.get("queue", "")).split(".")[0])
+            for e in self.events()
+            if e["event"] in FINAL_EVENTS
+        }
+
+    def expected(self) -> set[tuple[str, str]]:
+        with self.engine.connect() as connection:
+            follow_ups = connection.execute(
+                text("SELECT message_id, message_type FROM outbox")
+            ).all()
+        everything = {**self.confirmed, **{str(m): t for m, t in follow_ups}}
+        return {(m, q) for m, t in everything.items() for q in queues_of(t)}
+
+    def wait_settled(
+        self, timeout_s: float = 90.0, supervise: Callable[[], None] | None = None
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if supervise is not None:
+                supervise()
+            missing = self.expected() - self.settled()
+            if not missing:
+                return
+            time.sleep(0.2)
+        raise AssertionError(
+            f"not settled within {timeout_s} s: {sorted(missing)[:5]} … ({len(missing)})"
+        )
+
+    def wait_for(
+        self, condition: Callable[[], bool], timeout_s: float = 30.0, what: str = ""
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what or condition}")
+
+    def events_for(self, message_id: str) -> list[dict[str, Any]]:
+        return [e for e in self.events() if e.get("message_id") == message_id]
+
+    def ledger(self, poison: Iterable[str] = ()) -> LedgerReport:
+        report = check_ledger(
+            self.engine, self.confirmed, drain_dead_letters(self.url), poison=poison
+        )
+        print(report.summary())
+        return report
+
+    def query(self, sql: str, **params: Any) -> list[Any]:
+        with self.engine.connect() as connection:
+            return list(connection.execute(text(sql), params).all())
+
+    def unacked(self, queue: str) -> int:
+        for line in rabbitmqctl(
+            "list_queues", "-p", self.vhost, "name", "messages_unacknowledged"
+        ).splitlines():
+            name, _, count = line.partition("\t")
+            if name == queue:
+                return int(count)
+        raise KeyError(queue)
+
+    def depth(self, queue: str) -> int:
+        return queue_depth(self.url, queue)
+
+    def simulator(self, **control: Any) -> dict[str, Any]:
+        base = self.local.env["FLEET_NETWORK_URL"]
+        if control:
+            httpx.post(f"{base}/control", json=control, timeout=5).raise_for_status()
+        return dict(httpx.get(f"{base}/stats", timeout=5).json())
+
+    # -- processes ----------------------------------------------------------------------------
+
+    def start_workers(self, **options: Any) -> subprocess.Popen[bytes]:
+        return self.local.start_workers(**options)
+
+    def close(self) -> None:
+        for publisher in self.publishers.values():
+            publisher.close()
+        self.local.stop_all()
+
+
+@contextlib.contextmanager
+def fleet_under_test(
+    tmp_path: Path,
+    *,
+    tiers: tuple[int, ...] = (1, 2),
+    env: dict[str, str] | None = None,
+    **topology: Any,
+) -> Iterator[FleetUnderTest]:
+    """Everything a real fleet needs, isolated; all of it removed afterwards."""
+    with scratch_vhost("e2e") as vhost, migrated_schema() as (engine, schema):
+        url = amqp_url(vhost)
+        apply(url, TopologyConfig(retry_tiers_s=tiers, **topology))
+        keys = KeyRegistry(ProducerKey.generate(p, t) for p, t in PRODUCER_TYPES.items())
+        keys_file = tmp_path / "keys.json"
+        keys.save(keys_file)
+        events_file = tmp_path / "events.jsonl"
+        settings = {
+            "FLEET_AMQP_URL": url,
+            "FLEET_DATABASE_URL": DATABASE_URL,
+            "FLEET_DB_SCHEMA": schema,
+            "FLEET_KEYS_FILE": str(keys_file),
+            "FLEET_EVENTS_FILE": str(events_file),
+            "FLEET_RETRY_TIERS_S": json.dumps(list(tiers)),
+            "FLEET_SHUTDOWN_TIMEOUT_S": "10",
+            "FLEET_NETWORK_ATTEMPTS": "1",
+            **(env or {}),
+        }
+        fleet = FleetUnderTest(
+            url=url,
+            vhost=vhost,
+            engine=engine,
+            schema=schema,
+            keys=keys,
+            local=LocalFleet(settings, tmp_path / "logs"),
+            events_file=events_file,
+        )
+        try:
+            fleet.local.start_simulator()
+            yield fleet
+        finally:
+            fleet.close()
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+__all__ = ["DOMAINS", "FleetUnderTest", "fleet_under_test", "new_id"]
