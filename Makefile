@@ -3,6 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+DEMO_ARGS ?=
 
 .PHONY: install services lint typecheck test test-fast demo schemas lock clean
 
@@ -31,6 +32,10 @@ test: install services lint typecheck
 ## The fast tier: skips scenarios marked slow.
 test-fast: install services lint typecheck
 	$(BIN)/pytest -m "not slow"
+
+## The fleet at work on a realistic workload, checked against the database (fleet demo --help).
+demo: install services
+	$(BIN)/fleet demo $(DEMO_ARGS)
 
 ## Regenerate the committed JSON Schemas after changing a contract.
 schemas: install

@@ -28,6 +28,26 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs; zombies nobody reaps do not count."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            line = stat.read_text()
+        except OSError:
+            continue
+        state, _ppid, group = line[line.rindex(")") + 2 :].split()[:3]
+        if int(group) == pgid and state != "Z":
+            return True
+    return False
+
+
 @dataclass
 class LocalFleet:
     """Children of one local fleet; ``env`` holds its ``FLEET_*`` settings."""
@@ -38,9 +58,10 @@ class LocalFleet:
     _logs: list[object] = field(default_factory=list)
 
     def environment(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        merged = {**os.environ, **self.env, **(extra or {})}
-        merged.setdefault("PYTHONUNBUFFERED", "1")
-        return merged
+        """This fleet's ``FLEET_*`` settings and none inherited from the caller's shell."""
+        own = {**self.env, **(extra or {})}
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+        return {**inherited, "PYTHONUNBUFFERED": "1", **own}
 
     def spawn(
         self, name: str, args: list[str], extra: dict[str, str] | None = None
@@ -102,13 +123,24 @@ class LocalFleet:
             os.killpg(child.pid, signum)
 
     def stop(self, child: subprocess.Popen[bytes], timeout_s: float = 60.0) -> int:
-        """SIGTERM to the group, wait, then SIGKILL; the exit code."""
-        self.signal(child, signal.SIGTERM)
+        """SIGTERM to the child alone, wait; then SIGKILL whatever is left of its group.
+
+        Not to the whole group: Dramatiq's main process forwards SIGTERM to its worker
+        processes, and a worker process that gets a second one exits at once ("Killing worker
+        process…", exit 1) instead of finishing its in-flight messages.
+        """
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGTERM)
         try:
-            return child.wait(timeout_s)
+            code = child.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.signal(child, signal.SIGKILL)
             return child.wait(10)
+        deadline = time.monotonic() + timeout_s
+        while group_alive(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)  # fork processes (relay, suspect lane) may outlive the main one
+        self.signal(child, signal.SIGKILL)
+        return code
 
     def stop_all(self, timeout_s: float = 60.0) -> None:
         for child in reversed(self.children):
