@@ -93,7 +93,7 @@ class Outgoing:
     exchange: str
     routing_key: str
     body: bytes
-    message_id: str
+    message_id: str | None  # None only for a body whose id nobody can read (dead letters)
     message_type: str
     headers: dict[str, Any] | None = None
     correlation_id: str | None = None

@@ -3,7 +3,8 @@
 For each (message id, queue it was routed to) exactly one of: an inbox row of that queue's
 handler, or a dead letter from that queue with a known reason. Also: no inbox row or business
 effect for an id nobody published; no id with two effects; no ``delivery_limit`` dead letter
-except the planted poison. Dead letters are read from the ``<queue>.dead`` queues (drained).
+except the planted poison. Dead letters are read from the ``<queue>.dead`` queues (drained), or
+from the archive when an archiver runs (``archived_dead_letters``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ from queues.errors import ENVELOPE_ERRORS, LIFECYCLE_REASONS
 from queues.topology import DOMAINS, dead_queue, queues_of
 
 # Business tables that record the message id of the effect: one row per id at most.
-EFFECT_TABLES = ("billing_charges", "crm_interactions")
+EFFECT_TABLES = (
+    "billing_charges",
+    "billing_invoices",
+    "billing_payments",
+    "crm_interactions",
+)
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ KNOWN_REASONS = frozenset(
         "illegal_transition",
         "currency_mismatch",
         "account_conflict",
+        "payment_conflict",
         "account_closed",
         "service_conflict",
         "network_rejected",
@@ -100,7 +107,7 @@ def drain_dead_letters(url: str, domains: Iterable[str] = DOMAINS) -> list[DeadL
                     reason = deaths[0].get("reason", "unknown")
                 letters.append(
                     DeadLetter(
-                        message_id=str(properties.message_id),
+                        message_id=str(properties.message_id or ""),
                         queue=str(headers.get("x-fleet-queue") or domain),
                         reason=str(reason),
                         death_id=headers.get("x-fleet-death-id"),
@@ -109,6 +116,23 @@ def drain_dead_letters(url: str, domains: Iterable[str] = DOMAINS) -> list[DeadL
     finally:
         connection.close()
     return letters
+
+
+def archived_dead_letters(engine: Engine, *, include_replayed: bool = False) -> list[DeadLetter]:
+    """Dead letters from the archive (``dead_letters``) instead of draining the queues.
+
+    A replayed dead letter is superseded by what its replay led to (an inbox row, or a new
+    death), so it is left out unless ``include_replayed``.
+    """
+    where = "" if include_replayed else " WHERE replayed_at IS NULL"
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text(f"SELECT message_id, queue, reason, death_id FROM dead_letters{where}")  # noqa: S608
+        ).all()
+    return [
+        DeadLetter(message_id=str(m), queue=str(q), reason=str(r), death_id=d)
+        for m, q, r, d in rows
+    ]
 
 
 def check_ledger(

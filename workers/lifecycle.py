@@ -210,7 +210,7 @@ class Lifecycle:
             exchange=exchange,
             routing_key=key,
             body=delivery.body,
-            message_id=str(info.get("message_id") or delivery.message_id or ""),
+            message_id=info.get("message_id") or delivery.message_id or None,
             message_type=str(info.get("type") or delivery.message_type or ""),
             headers=headers,
         )
