@@ -22,7 +22,7 @@ from queues.errors import FleetError
 from queues.topology import DOMAINS, queues_of, suspect_queue
 from workers.broker import Delivery, FleetBroker
 from workers.middleware import FleetLifecycleMiddleware
-from workers.runtime import current_runtime
+from workers.runtime import current_runtime, set_consumer_control
 from workers.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ def build_broker() -> FleetBroker:
 
 broker = build_broker()
 dramatiq.set_broker(broker)
+set_consumer_control(broker.pause_domains, broker.resume_domains)
 
 
 def run_suspect_lane() -> int:

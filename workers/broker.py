@@ -113,6 +113,8 @@ class FleetBroker(dramatiq.Broker):
         self.choose_actor = choose_actor
         self.prefetch = prefetch
         self._consumers: list[FleetConsumer] = []
+        self._paused: set[str] = set()
+        self._stopping = False
         self._lock = threading.Lock()
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> FleetConsumer:
@@ -125,6 +127,9 @@ class FleetBroker(dramatiq.Broker):
         consumer = FleetConsumer(self, queue_name, self.prefetch or prefetch, timeout)
         with self._lock:
             self._consumers = [c for c in self._consumers if c.is_open] + [consumer]
+            paused = self._stopping or _domain(queue_name) in self._paused
+        if paused:
+            consumer.cancel()
         return consumer
 
     def declare_queue(self, queue_name: str) -> None:
@@ -148,9 +153,28 @@ class FleetBroker(dramatiq.Broker):
     def cancel_consumers(self) -> None:
         """Stop new deliveries on every consumer (shutdown begins); in-flight work continues."""
         with self._lock:
+            self._stopping = True
             consumers = list(self._consumers)
         for consumer in consumers:
             consumer.cancel()
+
+    def pause_domains(self, domains: Iterable[str]) -> None:
+        """Stop new deliveries from the domains' queues (a circuit breaker opened)."""
+        with self._lock:
+            self._paused |= set(domains)
+            consumers = [c for c in self._consumers if _domain(c.queue_name) in self._paused]
+        for consumer in consumers:
+            consumer.cancel()
+
+    def resume_domains(self, domains: Iterable[str]) -> None:
+        """Deliver again from the domains' queues, unless the worker is stopping."""
+        with self._lock:
+            self._paused -= set(domains)
+            if self._stopping:
+                return
+            consumers = [c for c in self._consumers if _domain(c.queue_name) not in self._paused]
+        for consumer in consumers:
+            consumer.resume()
 
     def close(self) -> None:
         with self._lock:
@@ -270,6 +294,10 @@ class FleetConsumer(dramatiq.Consumer):
         """basic.cancel: no new deliveries; unacked ones stay ours until settled or closed."""
         self._call(self._cancel_now)
 
+    def resume(self) -> None:
+        """basic.consume again after a cancel (a circuit breaker closing)."""
+        self._call(self._consume_now)
+
     def close(self) -> None:
         if self._owner_thread_gone() or threading.current_thread() is self._owner:
             with contextlib.suppress(AMQPError):
@@ -296,6 +324,10 @@ class FleetConsumer(dramatiq.Consumer):
         else:
             self._channel.basic_nack(message.delivery_tag, requeue=True)
 
+    def _consume_now(self) -> None:
+        if self._consumer_tag is None and self._channel.is_open:
+            self._consumer_tag = self._channel.basic_consume(self.queue_name, self._on_message)
+
     def _cancel_now(self) -> None:
         if self._consumer_tag is not None and self._channel.is_open:
             self._channel.basic_cancel(self._consumer_tag)
@@ -321,3 +353,7 @@ class FleetConsumer(dramatiq.Consumer):
         with contextlib.suppress(AMQPError, RuntimeError):
             if self._connection.is_open:
                 self._connection.close()
+
+
+def _domain(queue: str) -> str:
+    return queue.split(".", 1)[0]

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from handlers.errors import DatabaseUnavailable, NetworkUnavailable
 from queues.envelope import EnvelopeHeader, OpenedMessage, open_envelope, peek_header
 from queues.errors import (
     EnvelopeError,
@@ -45,6 +46,7 @@ from queues.errors import (
 from queues.keys import KeyRegistry
 from queues.publisher import Outgoing, PublishResult
 from queues.topology import DEAD_EXCHANGE, FLEET_EXCHANGE, RETRY_EXCHANGE
+from workers.breaker import Breakers, CircuitBreaker
 from workers.broker import Delivery, Settlement
 from workers.events import EventSink
 
@@ -52,6 +54,12 @@ log = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 500
 MAX_TRACEBACK_CHARS = 4000
+
+# Failures that say a dependency is down, and the breaker that counts them.
+OUTAGES: dict[type[BaseException], str] = {
+    DatabaseUnavailable: "database",
+    NetworkUnavailable: "network",
+}
 
 H_ATTEMPT = "x-fleet-attempt"
 H_FIRST_FAILURE = "x-fleet-first-failure"
@@ -102,6 +110,7 @@ class Lifecycle:
         events: EventSink,
         max_body_bytes: int,
         fault_hook: Callable[[str, OpenedMessage | None], None] | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         self.keys = keys
         self.publisher = publisher
@@ -110,6 +119,7 @@ class Lifecycle:
         self.events = events
         self.max_body_bytes = max_body_bytes
         self.fault_hook = fault_hook or (lambda point, opened: None)
+        self.breakers = breakers or Breakers(())
         self.host = socket.gethostname()
 
     def process(self, delivery: Delivery) -> None:
@@ -140,6 +150,11 @@ class Lifecycle:
             self._dead(delivery, info, attempt, exc, exc.reason)
             return
         except Exception as exc:  # a bug or an unclassified failure: bounded like a transient
+            breaker = self._outage(exc)
+            if breaker is not None and breaker.is_open:
+                # The dependency is down: park it without using up an attempt.
+                self._retry(delivery, info, attempt, exc, burn=False)
+                return
             if not isinstance(exc, TransientError):
                 log.exception("unexpected error in %s %s", info.get("type"), info.get("message_id"))
             if attempt >= self.policy.max_attempts:
@@ -148,6 +163,8 @@ class Lifecycle:
                 self._retry(delivery, info, attempt, exc)
             return
         self.fault_hook("after_commit_before_ack", opened)
+        for breaker in self.breakers.for_domain(domain_of(delivery.queue)):
+            breaker.record_success()
         delivery.settle(Settlement.ACK)
         self.events.emit(
             outcome,
@@ -182,6 +199,14 @@ class Lifecycle:
             raise Misrouted("routing key on the fleet exchange differs from the header's type")
         _check_advisory_properties(delivery, header)
         return opened
+
+    def _outage(self, exc: BaseException) -> CircuitBreaker | None:
+        """The breaker of the dependency this failure says is down (it counts the failure)."""
+        name = OUTAGES.get(type(exc))
+        breaker = self.breakers.get(name) if name else None
+        if breaker is not None:
+            breaker.record_failure()
+        return breaker
 
     def _past_horizon(self, delivery: Delivery, info: dict[str, Any]) -> bool:
         first = _fleet_headers(delivery).get(H_FIRST_FAILURE)
@@ -226,13 +251,19 @@ class Lifecycle:
             self.events.emit("suspect", **info, deliveries=delivery.delivery_count)
 
     def _retry(
-        self, delivery: Delivery, info: dict[str, Any], attempt: int, exc: BaseException
+        self,
+        delivery: Delivery,
+        info: dict[str, Any],
+        attempt: int,
+        exc: BaseException,
+        *,
+        burn: bool = True,
     ) -> None:
-        tier = self.policy.tier_for(attempt)
+        tier = self.policy.tier_for(attempt if burn else 1)
         reason = getattr(exc, "reason", "unexpected_error")
         headers = {
             **_fleet_headers(delivery),
-            H_ATTEMPT: attempt + 1,
+            H_ATTEMPT: attempt + 1 if burn else attempt,
             H_FIRST_FAILURE: _fleet_headers(delivery).get(H_FIRST_FAILURE) or _now_iso(),
             H_LAST_REASON: reason,
             "x-fleet-last-error-class": type(exc).__name__,
@@ -240,7 +271,9 @@ class Lifecycle:
         domain = domain_of(delivery.queue)
         out = self._outgoing(delivery, info, RETRY_EXCHANGE, f"{domain}.{tier}", headers)
         if self._publish(delivery, info, out):
-            self.events.emit("retried", **info, attempt=attempt, tier=tier, reason=reason)
+            self.events.emit(
+                "retried", **info, attempt=attempt, tier=tier, reason=reason, burned=burn
+            )
 
     def _dead(
         self,

@@ -19,7 +19,8 @@ from handlers.store.uow import UnitOfWork
 from queues.envelope import OpenedMessage
 from queues.keys import KeyRegistry
 from queues.publisher import Publisher
-from queues.topology import tier_name
+from queues.topology import DOMAINS, tier_name
+from workers.breaker import Breakers, CircuitBreaker, QueueControl
 from workers.events import EventSink
 from workers.lifecycle import Lifecycle, RetryPolicy
 from workers.settings import Settings, get_settings
@@ -76,8 +77,10 @@ class Runtime:
     publisher: Publisher
     events: EventSink
     lifecycle: Lifecycle
+    breakers: Breakers
 
     def close(self) -> None:
+        self.breakers.close()
         self.publisher.close()
         self.network.close()
         self.engine.dispose()
@@ -129,6 +132,17 @@ def build_runtime(settings: Settings | None = None) -> Runtime:
         header = opened.header
         return str(bus.handle(queue, header.message_id, header, opened.payload, new_uow, network))
 
+    breakers = Breakers(
+        CircuitBreaker(
+            name,
+            domains,
+            pause=_consumer_control.pause,
+            resume=_consumer_control.resume,
+            failure_threshold=settings.breaker_failure_threshold,
+            open_s=settings.breaker_open_s,
+        )
+        for name, domains in (("database", tuple(DOMAINS)), ("network", ("provisioning",)))
+    )
     lifecycle = Lifecycle(
         keys=keys,
         publisher=publisher,
@@ -137,8 +151,26 @@ def build_runtime(settings: Settings | None = None) -> Runtime:
         events=events,
         max_body_bytes=settings.max_body_bytes,
         fault_hook=faults,
+        breakers=breakers,
     )
-    return Runtime(settings, keys, engine, network, publisher, events, lifecycle)
+    return Runtime(settings, keys, engine, network, publisher, events, lifecycle, breakers)
+
+
+@dataclass
+class ConsumerControl:
+    """How breakers pause and resume consumption; the app wires its broker in."""
+
+    pause: QueueControl = lambda _domains: None
+    resume: QueueControl = lambda _domains: None
+
+
+_consumer_control = ConsumerControl()
+
+
+def set_consumer_control(pause: QueueControl, resume: QueueControl) -> None:
+    """Let circuit breakers pause and resume this process's consumers (``workers.app``)."""
+    _consumer_control.pause = pause
+    _consumer_control.resume = resume
 
 
 _runtime: Runtime | None = None

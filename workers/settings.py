@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     network_attempts: int = Field(
         default=4, ge=1, le=10, description="Tries per network element call (tenacity), in-process"
     )
+    breaker_failure_threshold: int = Field(
+        default=5, ge=1, description="Consecutive outage failures that open a circuit breaker"
+    )
+    breaker_open_s: float = Field(
+        default=5.0, gt=0, description="Seconds a breaker stays open before it tries again"
+    )
     worker_domains: list[str] = Field(
         default=[], description="Domains this worker serves (set by `fleet worker`; [] = all)"
     )

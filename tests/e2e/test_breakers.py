@@ -1,0 +1,108 @@
+"""Circuit breakers: an outage pauses only what needs the broken dependency and burns nothing."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.support.db import DATABASE_URL
+from tests.support.factories import sample
+from tests.support.fleet import FleetUnderTest, fleet_under_test
+from tests.support.tcp_proxy import tcp_proxy
+
+pytestmark = [pytest.mark.broker, pytest.mark.db, pytest.mark.slow]
+
+# A small retry budget (4 attempts over 1 s and 2 s tiers, about 5 s) that the outages below
+# outlast many times over: anything that used up attempts would be dead-lettered.
+BREAKER_ENV = {
+    "FLEET_MAX_ATTEMPTS": "4",
+    "FLEET_BREAKER_FAILURE_THRESHOLD": "3",
+    "FLEET_BREAKER_OPEN_S": "1",
+}
+
+
+def _ok_count(fleet: FleetUnderTest, ids: set[str]) -> int:
+    return sum(1 for e in fleet.events() if e["event"] == "ok" and e["message_id"] in ids)
+
+
+def _time_to_process(fleet: FleetUnderTest, count: int) -> float:
+    batch = [sample("crm.interaction.log") for _ in range(count)]
+    started = time.monotonic()
+    ids = {str(r.message_id) for r in fleet.publish(batch, "self-care")}
+    fleet.wait_for(lambda: _ok_count(fleet, ids) == count, timeout_s=120, what="the CRM batch")
+    return time.monotonic() - started
+
+
+def test_network_element_down_pauses_only_provisioning_and_burns_no_attempt(
+    tmp_path: Path,
+) -> None:
+    with fleet_under_test(tmp_path, env=BREAKER_ENV) as fleet:
+        accounts = [uuid.uuid4() for _ in range(20)]
+        fleet.start_workers(processes=1, threads=4)
+        fleet.publish(
+            [sample("billing.account.open", account_id=a) for a in accounts], "order-management"
+        )
+        normal_s = _time_to_process(fleet, 200)
+
+        fleet.simulator(failure_rate=1.0)
+        activations = fleet.publish(
+            [sample("provisioning.service.activate", account_id=a) for a in accounts],
+            "order-management",
+        )
+        fleet.wait_for(
+            lambda: any(
+                e["event"] == "retried" and not e.get("burned", True) for e in fleet.events()
+            ),
+            what="the network breaker to park an activation without burning an attempt",
+        )
+        outage_s = _time_to_process(fleet, 200)
+        time.sleep(8)  # the outage outlasts the whole retry budget
+        activated = {str(r.message_id) for r in activations}
+        assert _ok_count(fleet, activated) == 0
+        fleet.simulator(failure_rate=0.0)
+
+        fleet.wait_settled(timeout_s=120)
+        report = fleet.ledger()
+        assert report.ok, report.summary()
+        assert not report.dead_by_reason, report.summary()
+        assert _ok_count(fleet, activated) == len(accounts)
+        # CRM kept flowing: during the outage it took at most twice its normal time.
+        assert outage_s <= 2 * normal_s + 2, (normal_s, outage_s)
+        burned = [
+            e
+            for e in fleet.events()
+            if e["event"] == "retried" and e["message_id"] in activated and e.get("burned")
+        ]
+        assert len(burned) <= 3 * len(accounts), "attempts burned while the breaker was open"
+
+
+def test_database_outage_longer_than_the_retry_budget_pauses_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    with tcp_proxy(("127.0.0.1", 5432)) as proxy:
+        proxied = DATABASE_URL.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        with fleet_under_test(
+            tmp_path, env={**BREAKER_ENV, "FLEET_DATABASE_URL": proxied}
+        ) as fleet:
+            fleet.start_workers(processes=1, threads=4)
+            fleet.publish([sample("crm.interaction.log") for _ in range(100)], "self-care")
+            fleet.wait_settled()
+            proxy.cut()
+            during = fleet.publish([sample("crm.interaction.log") for _ in range(100)], "self-care")
+            fleet.wait_for(
+                lambda: any(e["event"] == "retried" for e in fleet.events()),
+                what="a message to fail on the database",
+            )
+            time.sleep(10)  # several tiers, twice the retry budget
+            proxy.restore()
+            fleet.wait_settled(timeout_s=120)
+            report = fleet.ledger()
+            assert report.ok, report.summary()
+            assert not report.dead_by_reason, report.summary()
+            during_ids = {str(r.message_id) for r in during}
+            assert _ok_count(fleet, during_ids) == 100
+            retried = [e for e in fleet.events() if e["event"] == "retried"]
+            assert len(retried) < 100, "a retry storm: every message hammered the broken database"
