@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO_ARGS ?=
 
-.PHONY: install services lint typecheck test test-fast demo schemas lock clean
+.PHONY: install services lint typecheck test test-fast demo schemas lock clean bench
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,12 @@ test-fast: install services lint typecheck
 ## The fleet at work on a realistic workload, checked against the database (fleet demo --help).
 demo: install services
 	$(BIN)/fleet demo $(DEMO_ARGS)
+
+## Benchmarks (never part of `make test`): publisher throughput, then the fleet end to end.
+## Results go to bench/results/*.json; bench/README.md holds the goals and the latest numbers.
+bench: install services
+	$(BIN)/python -m bench.publish
+	$(BIN)/python -m bench.fleet
 
 ## Regenerate the committed JSON Schemas after changing a contract.
 schemas: install

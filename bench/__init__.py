@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` (bench/README.md). Never run by the test suite."""
