@@ -11,9 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
-import os
 import shlex
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,12 +20,14 @@ from typing import Any
 
 import pytest
 
+from tests.support.node import npm_ci, require_tool
+
 ROOT = Path(__file__).resolve().parents[2]
 NODE_DIR = ROOT / "tests" / "deploy" / "node"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 K8S_DIR = ROOT / "deploy" / "k8s"
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
-NPM_CI_TIMEOUT_S = 300
+PURPOSE = "the deployment schema checks"
 NODE_TIMEOUT_S = 120
 
 
@@ -38,44 +38,6 @@ def deploy_files() -> list[Path]:
         *sorted(K8S_DIR.glob("*.yaml")),
         *sorted(GRAFANA_DIR.glob("provisioning/*/*.yml")),
     ]
-
-
-def _require_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        message = (
-            f"`{name}` is not on PATH: the deployment schema checks need Node.js >= 20 and npm"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-def _node_modules_match_lock() -> bool:
-    lock = json.loads((NODE_DIR / "package-lock.json").read_text())
-    for location, meta in lock["packages"].items():
-        if not location:
-            continue
-        manifest = NODE_DIR / location / "package.json"
-        if not manifest.is_file():
-            return False
-        if json.loads(manifest.read_text()).get("version") != meta["version"]:
-            return False
-    return True
-
-
-def _npm_ci() -> None:
-    npm = _require_tool("npm")
-    result = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund"],
-        cwd=NODE_DIR,
-        capture_output=True,
-        text=True,
-        timeout=NPM_CI_TIMEOUT_S,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"npm ci failed in {NODE_DIR}:\n{result.stderr[-4000:]}")
 
 
 @dataclass(frozen=True)
@@ -89,9 +51,8 @@ class Checked:
 @functools.cache
 def schema_report() -> dict[Path, Checked]:
     """Parse and schema-check every deployment file in one Node run (cached per test session)."""
-    node = _require_tool("node")
-    if not _node_modules_match_lock():
-        _npm_ci()
+    node = require_tool("node", PURPOSE)
+    npm_ci(require_tool("npm", PURPOSE), NODE_DIR)
     files = deploy_files()
     result = subprocess.run(
         [node, "validate.mjs", *map(str, files)],
