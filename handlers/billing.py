@@ -1,7 +1,7 @@
 """Billing handlers: the account holder mirror, accounts and charges.
 
-Invoices (``billing.invoice.issue``) and payments (``billing.payment.record``) arrive with a later
-issue; the registry has no handler for them yet.
+Invoices (``billing.invoice.issue``) are in ``handlers.invoicing``, payments
+(``billing.payment.record``) in ``handlers.payments``; docs/billing.md describes both.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import uuid
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
 
 from handlers.context import HandlerContext, Outcome, commit_outcome
 from handlers.errors import AccountClosed, AccountConflict, CurrencyMismatch
@@ -82,6 +83,18 @@ def open_account(cmd: OpenAccount, ctx: HandlerContext, uow: UnitOfWork) -> Outc
         if differing:
             raise AccountConflict(f"account already open with other {', '.join(differing)}")
         return commit_outcome(uow, ctx, Outcome.DUPLICATE)
+
+
+def lock_account(session: Session, account_id: uuid.UUID) -> BillingAccount | None:
+    """The account, its row locked until the transaction ends (None: not open yet).
+
+    Invoices and payments of one account take this lock first, so they run one at a time and
+    always see each other's committed effects; a charge queues on the same row when it adds to
+    the balance.
+    """
+    return session.scalars(
+        select(BillingAccount).where(BillingAccount.account_id == account_id).with_for_update()
+    ).one_or_none()
 
 
 def charge_id_for(account_id: uuid.UUID, source_reference: str) -> uuid.UUID:

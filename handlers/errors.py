@@ -1,8 +1,9 @@
 """The business handlers' own errors, each in one family of queues.errors.
 
     PermanentError
-    ├── CurrencyMismatch        currency_mismatch   charge currency ≠ the account's
+    ├── CurrencyMismatch        currency_mismatch   charge or payment currency ≠ the account's
     ├── AccountConflict         account_conflict    account id reused with other data
+    ├── PaymentConflict         payment_conflict    gateway reference reused with other data
     ├── AccountClosed           account_closed      charge to a closed account
     ├── ServiceConflict         service_conflict    service id reused with other data
     ├── NetworkRejected         network_rejected    the network element refused the request (4xx)
@@ -30,7 +31,7 @@ from queues.errors import PermanentError, TransientError
 
 
 class CurrencyMismatch(PermanentError):
-    """The charge's currency differs from its account's currency."""
+    """The charge's or payment's currency differs from its account's currency."""
 
     reason = "currency_mismatch"
 
@@ -39,6 +40,12 @@ class AccountConflict(PermanentError):
     """An account with this id is already open with different data."""
 
     reason = "account_conflict"
+
+
+class PaymentConflict(PermanentError):
+    """A payment with this gateway reference was recorded with another account or amount."""
+
+    reason = "payment_conflict"
 
 
 class AccountClosed(PermanentError):

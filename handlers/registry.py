@@ -2,11 +2,8 @@
 
 ``crm.customer.upsert`` fans out to two queues, so it has two handlers; the inbox records each
 handler's name, and each side deduplicates on its own. Handler names are persisted in the inbox:
-renaming one restarts its deduplication window.
-
-Not here yet: ``billing.invoice.issue`` and ``billing.payment.record`` (a later issue).
-``bus.handle`` raises ``NoHandler`` for them; the worker decides what to do before it gets that far
-(``handler_for`` tells it).
+renaming one restarts its deduplication window. A (queue, type) without a line here is refused
+by ``bus.handle`` as ``NoHandler``.
 """
 
 from __future__ import annotations
@@ -14,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from handlers import billing, crm, provisioning
+from handlers import billing, crm, invoicing, payments, provisioning
 from handlers.context import Outcome
 
 Handler = Callable[..., Outcome]
@@ -26,6 +23,8 @@ HANDLERS: dict[tuple[str, str], Handler] = {
     ("billing", "crm.customer.upsert"): billing.mirror_account_holder,
     ("billing", "billing.account.open"): billing.open_account,
     ("billing", "billing.charge.post"): billing.post_charge,
+    ("billing", "billing.invoice.issue"): invoicing.issue_invoice,
+    ("billing", "billing.payment.record"): payments.record_payment,
     ("provisioning", "provisioning.service.activate"): provisioning.activate_service,
     ("provisioning", "provisioning.service.suspend"): provisioning.suspend_service,
     ("provisioning", "provisioning.service.resume"): provisioning.resume_service,

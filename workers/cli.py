@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from workers.commands import db, demo, keys, publish, schema, simulate, worker
+from workers.commands import billing, db, demo, keys, publish, schema, simulate, worker
 from workers.commands import topology as topology_commands
 
 app = typer.Typer(
@@ -23,3 +23,5 @@ app.command("demo")(demo.demo)
 app.add_typer(worker.outbox_app, name="outbox")
 app.add_typer(simulate.app, name="simulate")
 app.add_typer(db.app, name="db")
+app.add_typer(billing.billing_app, name="billing")
+app.command("billrun")(billing.billrun)

@@ -9,12 +9,13 @@ into a schema of their own). The Alembic revisions in ``migrations/`` must match
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -40,6 +41,9 @@ NAMING_CONVENTION = {
 
 SERVICE_STATES = ("active", "suspended", "terminated")
 ACCOUNT_STATUSES = ("open", "closed")
+INVOICE_STATUSES = ("open", "paid")
+ALLOCATION_SOURCES = ("payment", "credit")
+BILL_RUN_STATUSES = ("running", "done")
 
 
 def _now() -> Any:
@@ -112,7 +116,10 @@ class BillingAccountHolder(Base):
 
 
 class BillingAccount(Base):
-    """A billing account; ``balance_minor`` is the sum of its charges (payments: a later issue)."""
+    """A billing account; ``balance_minor`` = its charges + the VAT of its invoices − its payments.
+
+    Positive: the customer owes (net charges not invoiced yet included); negative: credit.
+    """
 
     __tablename__ = "billing_accounts"
     __table_args__ = (
@@ -139,6 +146,12 @@ class BillingCharge(Base):
     __table_args__ = (
         UniqueConstraint("account_id", "source_reference"),
         CheckConstraint("amount_minor > 0", name="amount_positive"),
+        Index(
+            "ix_billing_charges_uninvoiced",
+            "account_id",
+            "charged_at",
+            postgresql_where=text("invoice_id IS NULL"),
+        ),
     )
 
     charge_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
@@ -153,6 +166,10 @@ class BillingCharge(Base):
     service_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     message_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    # NULL until an invoice takes the charge; set once, in the issuing transaction.
+    invoice_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("billing_invoices.invoice_id")
+    )
 
 
 # -- provisioning ---------------------------------------------------------------------------------
@@ -211,3 +228,160 @@ class Outbox(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+
+
+# -- billing: invoices, payments, bill runs (docs/billing.md) ------------------------------------
+
+
+class BillingInvoiceCounter(Base):
+    """The last number issued in one invoice series.
+
+    Incremented by the issuing transaction itself (``INSERT … ON CONFLICT DO UPDATE … RETURNING``):
+    its row lock serializes issuers and a rollback returns the number, so numbers have no gaps.
+    """
+
+    __tablename__ = "billing_invoice_counters"
+    __table_args__ = (CheckConstraint("last_number > 0", name="last_number_positive"),)
+
+    series: Mapped[str] = mapped_column(String(32), primary_key=True)
+    last_number: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class BillingInvoice(Base):
+    """An issued invoice; ``(account_id, period_start, period_end)`` is the business key.
+
+    Amounts are minor units of ``currency``: ``total = net + vat``; ``paid_minor`` is the sum of
+    its allocations (payments and credit) and ``status`` is ``paid`` exactly when it reaches the
+    total. The invoice id is ``uuid5(account_id, "invoice:<start>:<end>")``.
+    """
+
+    __tablename__ = "billing_invoices"
+    __table_args__ = (
+        UniqueConstraint("account_id", "period_start", "period_end"),
+        UniqueConstraint("series", "sequence"),
+        CheckConstraint("period_end >= period_start", name="period_ordered"),
+        CheckConstraint("sequence > 0", name="sequence_positive"),
+        CheckConstraint("net_minor > 0 AND vat_minor >= 0", name="amounts"),
+        CheckConstraint("total_minor = net_minor + vat_minor", name="total"),
+        CheckConstraint("paid_minor BETWEEN 0 AND total_minor", name="paid"),
+        CheckConstraint(f"status IN {INVOICE_STATUSES!r}", name="status"),
+        CheckConstraint("(status = 'paid') = (paid_minor = total_minor)", name="status_paid"),
+        Index(None, "account_id", "issued_at"),
+    )
+
+    invoice_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("billing_accounts.account_id")
+    )
+    invoice_number: Mapped[str] = mapped_column(String(48), unique=True)
+    series: Mapped[str] = mapped_column(String(32))
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    period_start: Mapped[date] = mapped_column(Date)
+    period_end: Mapped[date] = mapped_column(Date)
+    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    issued_on: Mapped[date] = mapped_column(Date)
+    due_on: Mapped[date] = mapped_column(Date)
+    currency: Mapped[str] = mapped_column(CHAR(3))
+    net_minor: Mapped[int] = mapped_column(BigInteger)
+    vat_rate_bp: Mapped[int] = mapped_column(Integer)
+    vat_minor: Mapped[int] = mapped_column(BigInteger)
+    total_minor: Mapped[int] = mapped_column(BigInteger)
+    paid_minor: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    status: Mapped[str] = mapped_column(String(16), server_default=text("'open'"))
+    message_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+
+
+class BillingInvoiceLine(Base):
+    """One charge on an invoice (net amount); a charge is on at most one invoice line."""
+
+    __tablename__ = "billing_invoice_lines"
+    __table_args__ = (CheckConstraint("amount_minor > 0", name="amount_positive"),)
+
+    invoice_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("billing_invoices.invoice_id"), primary_key=True
+    )
+    line_no: Mapped[int] = mapped_column(Integer, primary_key=True)
+    charge_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("billing_charges.charge_id"), unique=True
+    )
+    description: Mapped[str] = mapped_column(Text)
+    charged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+
+
+class BillingPayment(Base):
+    """A payment received; ``gateway_reference`` is the business key.
+
+    ``unallocated_minor`` is what no invoice has taken yet: the account's credit is the sum of it
+    over the account's payments, consumed oldest payment first by the next invoice.
+    """
+
+    __tablename__ = "billing_payments"
+    __table_args__ = (
+        CheckConstraint("amount_minor > 0", name="amount_positive"),
+        CheckConstraint("unallocated_minor BETWEEN 0 AND amount_minor", name="unallocated"),
+        Index(None, "account_id", "received_at"),
+    )
+
+    payment_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("billing_accounts.account_id")
+    )
+    gateway_reference: Mapped[str] = mapped_column(String(128), unique=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(CHAR(3))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    unallocated_minor: Mapped[int] = mapped_column(BigInteger)
+    message_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class BillingPaymentAllocation(Base):
+    """Money of one payment applied to one invoice: when it arrived (``payment``) or later, as
+    credit consumed by a newly issued invoice (``credit``)."""
+
+    __tablename__ = "billing_payment_allocations"
+    __table_args__ = (
+        CheckConstraint("amount_minor > 0", name="amount_positive"),
+        CheckConstraint(f"source IN {ALLOCATION_SOURCES!r}", name="source"),
+        Index(None, "invoice_id"),
+    )
+
+    payment_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("billing_payments.payment_id"), primary_key=True
+    )
+    invoice_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("billing_invoices.invoice_id"), primary_key=True
+    )
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    source: Mapped[str] = mapped_column(String(16))
+    allocated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class BillingRun(Base):
+    """One bill run: a cycle day and its period; ``run_id = uuid5(…, "<day>:<start>:<end>")``.
+
+    The run walks the cycle day's accounts in ``account_id`` order, a batch per transaction, and
+    keeps its place in ``cursor_account_id``: a run killed halfway resumes after the last batch
+    that committed. ``messages_queued`` counts outbox rows it wrote (each at most once).
+    """
+
+    __tablename__ = "billing_runs"
+    __table_args__ = (
+        CheckConstraint(f"status IN {BILL_RUN_STATUSES!r}", name="status"),
+        CheckConstraint("cycle_day BETWEEN 1 AND 28", name="cycle_day"),
+    )
+
+    run_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    cycle_day: Mapped[int] = mapped_column(SmallInteger)
+    period_start: Mapped[date] = mapped_column(Date)
+    period_end: Mapped[date] = mapped_column(Date)
+    status: Mapped[str] = mapped_column(String(16), server_default=text("'running'"))
+    passes: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    accounts_seen: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    messages_queued: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    cursor_account_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -8,7 +8,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -16,7 +15,7 @@ from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.exc import OperationalError
 
 from handlers import bus
-from handlers.bus import Outcome, handle, is_retryable_conflict
+from handlers.bus import Outcome, is_retryable_conflict
 from handlers.context import HandlerContext
 from handlers.errors import (
     AccountConflict,
@@ -42,112 +41,12 @@ from handlers.store.models import (
 )
 from handlers.store.uow import UnitOfWork
 from queues.contracts import CATALOGUE, Contract, LogInteraction, Money, PostCharge
-from queues.envelope import EnvelopeHeader
 from queues.errors import IllegalTransition, NotYet, PermanentError, TransientError
 from tests.support.db import DATABASE_URL
 from tests.support.factories import sample
+from tests.support.handlers import Deliver, FakeNetwork
 
 pytestmark = pytest.mark.db
-
-UowFactory = Callable[[], UnitOfWork]
-
-
-class FakeNetwork:
-    """An in-memory network element: records calls, replays repeated idempotency keys."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, uuid.UUID, str]] = []
-        self.states: dict[uuid.UUID, str] = {}
-        self.failure: Exception | None = None
-        self.during_call: Callable[[], None] | None = None
-        self._lock = threading.Lock()
-
-    def _set(self, operation: str, service_id: uuid.UUID, key: str, state: str) -> None:
-        with self._lock:
-            self.calls.append((operation, service_id, key))
-        if self.failure is not None:
-            raise self.failure
-        if self.during_call is not None:
-            during, self.during_call = self.during_call, None
-            during()
-        self.states[service_id] = state
-
-    def activate(
-        self,
-        service_id: uuid.UUID,
-        *,
-        msisdn: str,
-        iccid: str,
-        plan_code: str,
-        idempotency_key: str,
-    ) -> None:
-        self._set("activate", service_id, idempotency_key, "active")
-
-    def suspend(self, service_id: uuid.UUID, *, reason: str, idempotency_key: str) -> None:
-        self._set("suspend", service_id, idempotency_key, "suspended")
-
-    def resume(self, service_id: uuid.UUID, *, idempotency_key: str) -> None:
-        self._set("resume", service_id, idempotency_key, "active")
-
-    def terminate(self, service_id: uuid.UUID, *, reason: str, idempotency_key: str) -> None:
-        self._set("terminate", service_id, idempotency_key, "terminated")
-
-    def calls_for(self, service_id: uuid.UUID) -> list[str]:
-        return [operation for operation, sid, _ in self.calls if sid == service_id]
-
-
-@pytest.fixture
-def network() -> FakeNetwork:
-    return FakeNetwork()
-
-
-class Deliver:
-    """Hands one opened message to the bus, as the worker's actor will."""
-
-    def __init__(self, uow_factory: UowFactory, network: FakeNetwork) -> None:
-        self.uow_factory = uow_factory
-        self.network = network
-
-    def __call__(
-        self,
-        queue: str,
-        payload: Contract,
-        message_id: uuid.UUID | None = None,
-        correlation_id: uuid.UUID | None = None,
-        **options: Any,
-    ) -> Outcome:
-        header = EnvelopeHeader(
-            alg="dir",
-            enc="A256GCM",
-            kid="test-kid",
-            message_id=message_id or uuid.uuid4(),
-            message_type=payload.message_type,
-            schema_version=payload.schema_version,
-            producer="fleet",
-            created_at=datetime.now(UTC),
-            correlation_id=correlation_id,
-            entity_version=payload.header_entity_version(),
-        )
-        options.setdefault("uow_factory", self.uow_factory)
-        return handle(queue, header.message_id, header, payload, network=self.network, **options)
-
-
-@pytest.fixture
-def deliver(uow_factory: UowFactory, network: FakeNetwork) -> Deliver:
-    return Deliver(uow_factory, network)
-
-
-@pytest.fixture
-def read(engine: Engine) -> Iterator[Callable[..., Any]]:
-    """Run a read in a fresh unit of work; ORM results come back detached, fully loaded."""
-
-    def run(function: Callable[..., Any]) -> Any:
-        with UnitOfWork(engine) as uow:
-            result = function(uow.session)
-            uow.session.expunge_all()
-            return result
-
-    yield run
 
 
 def _inbox(read: Callable[..., Any], message_id: uuid.UUID) -> dict[str, str]:
@@ -182,12 +81,10 @@ def _balance(read: Callable[..., Any], account_id: uuid.UUID) -> tuple[int, int,
 # -- the registry -----------------------------------------------------------------------------
 
 
-def test_every_catalogue_type_has_a_handler_on_its_domain_queue_except_invoices_and_payments() -> (
-    None
-):
+def test_every_catalogue_type_has_a_handler_on_its_domain_queue() -> None:
     registered = {message_type for _, message_type in HANDLERS}
     catalogue = {message_type for message_type, _ in CATALOGUE}
-    assert catalogue - registered == {"billing.invoice.issue", "billing.payment.record"}
+    assert catalogue == registered
     for queue, message_type in HANDLERS:
         if (queue, message_type) != ("billing", "crm.customer.upsert"):
             assert message_type.split(".")[0] == queue
@@ -201,7 +98,7 @@ def test_handler_names_are_unique_because_the_inbox_keys_on_them() -> None:
 
 def test_a_type_without_a_handler_is_refused_with_a_reason(deliver: Deliver) -> None:
     with pytest.raises(NoHandler) as caught:
-        deliver("billing", sample("billing.invoice.issue"))
+        deliver("billing", sample("billing.invoice.issue"), handlers={})
     assert caught.value.reason == "no_handler"
     assert isinstance(caught.value, PermanentError)
 

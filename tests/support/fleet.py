@@ -201,8 +201,23 @@ def fleet_under_test(
             fleet.close()
 
 
+class Supervisor:
+    """Restarts ``fleet worker`` when it exits, like Kubernetes restarts a pod."""
+
+    def __init__(self, fleet: FleetUnderTest, **options: object) -> None:
+        self.fleet = fleet
+        self.options = options
+        self.restarts = 0
+        self.process: subprocess.Popen[bytes] = fleet.start_workers(**options)  # type: ignore[arg-type]
+
+    def __call__(self) -> None:
+        if self.process.poll() is not None:
+            self.restarts += 1
+            self.process = self.fleet.start_workers(**self.options)  # type: ignore[arg-type]
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 
 
-__all__ = ["DOMAINS", "FleetUnderTest", "fleet_under_test", "new_id"]
+__all__ = ["DOMAINS", "FleetUnderTest", "Supervisor", "fleet_under_test", "new_id"]
