@@ -429,10 +429,14 @@ class Publisher:
 
     def _close_connection(self) -> None:
         connection = self._connection
-        if connection is not None and connection.is_open:
+        if connection is None:
+            return
+        if connection.is_open:
             connection.close()
-        elif connection is not None:
+        elif connection.is_closed:
             connection.ioloop.stop()
+        # Opening or closing: the open (sees _closing) or close callback stops the loop, so
+        # pika closes its socket; stopping the loop now would leak it.
 
     def _on_channel_open(self, channel: pika.channel.Channel) -> None:
         self._channel = channel

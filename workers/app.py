@@ -22,6 +22,10 @@ from queues.errors import FleetError
 from queues.topology import DOMAINS, queues_of, suspect_queue
 from workers.broker import Delivery, FleetBroker
 from workers.middleware import FleetLifecycleMiddleware
+from workers.observability.context import MessageContextMiddleware
+from workers.observability.health import HealthMiddleware
+from workers.observability.metrics import MetricsMiddleware
+from workers.observability.sentry import SentryMiddleware
 from workers.runtime import current_runtime, set_consumer_control
 from workers.settings import get_settings
 
@@ -64,7 +68,15 @@ def build_broker() -> FleetBroker:
         settings.amqp_url.get_secret_value(),
         choose_actor=choose_actor,
         prefetch=settings.worker_threads,
-        middleware=[FleetLifecycleMiddleware()],
+        # Dramatiq runs after-hooks in reverse: the lifecycle's after_worker_boot (the runtime)
+        # comes first, the observers subscribe to its events after it.
+        middleware=[
+            HealthMiddleware(),
+            SentryMiddleware(),
+            MetricsMiddleware(),
+            MessageContextMiddleware(),
+            FleetLifecycleMiddleware(),
+        ],
     )
     for domain in DOMAINS:
         for lane in lanes_of(domain):

@@ -51,11 +51,11 @@ class Delivery:
     """One AMQP delivery as the actor wrapper sees it. ``settle`` records the decision."""
 
     queue: str
-    body: bytes
+    body: bytes = field(repr=False)  # Dramatiq logs str(message): never the envelope
     exchange: str
     routing_key: str
     redelivered: bool
-    headers: dict[str, Any]
+    headers: dict[str, Any] = field(repr=False)
     message_id: str | None
     message_type: str | None
     content_type: str | None

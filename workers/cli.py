@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from workers.commands import billing, db, demo, keys, publish, schema, simulate, worker
+from workers.commands import billing, db, demo, health, keys, publish, schema, simulate, worker
 from workers.commands import topology as topology_commands
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app.add_typer(topology_commands.roles_app, name="roles")
 app.command("publish")(publish.publish)
 app.command("worker")(worker.worker)
 app.command("demo")(demo.demo)
+app.command("health")(health.health)
 app.add_typer(worker.outbox_app, name="outbox")
 app.add_typer(simulate.app, name="simulate")
 app.add_typer(db.app, name="db")

@@ -4,6 +4,7 @@ Kinds: ``ok``, ``duplicate``, ``stale``, ``retried``, ``dead``, ``suspect``, ``r
 Every event is a JSON log line (failures at WARNING, successes at DEBUG) and, when
 ``FLEET_EVENTS_FILE`` is set, a line appended to that file (one ``write`` of one line with
 ``O_APPEND``, so several processes can share it); the demo builds its summary from that file.
+Subscribers (metrics, Sentry: ``workers.observability``) receive each event as it is emitted.
 Events carry ids, types, reasons and timings — never payload values.
 """
 
@@ -13,6 +14,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +22,35 @@ log = logging.getLogger("fleet.events")
 
 FAILURE_KINDS = frozenset({"retried", "dead", "suspect", "requeued"})
 
+Subscriber = Callable[[dict[str, Any]], None]
+
 
 class EventSink:
     """Writes outcome events to the log and, optionally, to a shared JSON-lines file."""
 
     def __init__(self, path: Path | None = None) -> None:
         self._fd: int | None = None
+        self._subscribers: list[Subscriber] = []
         if path is not None:
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Call ``subscriber(event)`` for every event from now on (in the emitting thread)."""
+        self._subscribers.append(subscriber)
 
     def emit(self, kind: str, **fields: Any) -> dict[str, Any]:
         event = {"event": kind, "at": round(time.time(), 6), "pid": os.getpid(), **fields}
         line = json.dumps(event, default=str, separators=(",", ":"))
         level = logging.WARNING if kind in FAILURE_KINDS else logging.DEBUG
-        log.log(level, line)
+        log.log(level, line, extra={"fleet_event": event})
         if self._fd is not None:
             os.write(self._fd, (line + "\n").encode())
+        for subscriber in self._subscribers:
+            try:
+                subscriber(event)
+            except Exception:
+                # The outcome is decided and recorded already; observing it must not undo that.
+                log.exception("event subscriber %r failed", subscriber)
         return event
 
     def close(self) -> None:

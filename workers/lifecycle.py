@@ -284,7 +284,10 @@ class Lifecycle:
         reason: str,
     ) -> None:
         message = exc.message if isinstance(exc, FleetError) else type(exc).__name__
-        trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=8))
+        # Frames and our own (value-free) message only: a foreign exception's text may quote
+        # payload values (an IntegrityError DETAIL, a ValueError), and this header is archived.
+        frames = "".join(traceback.format_tb(exc.__traceback__, limit=8))
+        trace = f"Traceback (most recent call last):\n{frames}{type(exc).__name__}: {message}"
         headers = {
             **_fleet_headers(delivery),
             "x-fleet-reason": reason,

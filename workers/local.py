@@ -108,13 +108,19 @@ class LocalFleet:
         queues: list[str] | None = None,
         suspect_lane: bool = True,
         outbox_relay: bool = True,
+        archiver: bool = False,
+        metrics_port: int = 0,
+        log_format: str = "text",
         extra: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
+        """``fleet worker``; its log (text by default: people read it) goes to ``<name>.log``."""
         args = ["worker", "--processes", str(processes), "--threads", str(threads)]
         for queue in queues or []:
             args += ["--queue", queue]
         args.append("--suspect-lane" if suspect_lane else "--no-suspect-lane")
         args.append("--outbox-relay" if outbox_relay else "--no-outbox-relay")
+        args.append("--archiver" if archiver else "--no-archiver")
+        args += ["--metrics-port", str(metrics_port), "--log-format", log_format]
         return self.spawn(name, args, extra)
 
     @staticmethod

@@ -5,6 +5,9 @@ take the same row), seals them under the fleet's producer key with **the row's m
 publishes them with streaming confirms, and marks ``sent_at`` only for confirmed ones — in the
 same transaction that holds the locks. A crash between publish and commit re-publishes the
 batch with the same ids; consumers absorb the copies in their inbox.
+
+Every ``outbox_lag_interval_s`` the relay reports the outbox lag (age of the oldest unsent row)
+and its publisher's counters to the metrics (``workers.observability.metrics``).
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from datetime import UTC, datetime
 from types import FrameType
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from handlers.store.models import Outbox
@@ -24,6 +28,7 @@ from queues.contracts import CATALOGUE
 from queues.envelope import SealedMessage
 from queues.errors import FleetError
 from queues.publisher import Publisher
+from workers.observability.metrics import fleet_metrics, forget_this_process
 from workers.runtime import Runtime, close_runtime, current_runtime
 
 log = logging.getLogger(__name__)
@@ -86,14 +91,41 @@ def relay_once(engine: Engine, publisher: Publisher, batch: int = DEFAULT_BATCH)
         return confirmed
 
 
+def outbox_lag_s(engine: Engine) -> float:
+    """Age of the oldest unsent outbox row in seconds (database clock); 0 when drained."""
+    with engine.connect() as connection:
+        age = connection.execute(
+            select(func.extract("epoch", func.now() - Outbox.created_at))
+            .where(Outbox.sent_at.is_(None))
+            .order_by(Outbox.id)
+            .limit(1)
+        ).scalar()
+    return max(float(age or 0), 0.0)
+
+
+def report_to_metrics(runtime: Runtime) -> None:
+    """The outbox lag and the relay publisher's counters, for Prometheus."""
+    metrics = fleet_metrics()
+    metrics.outbox_lag.set(outbox_lag_s(runtime.engine))
+    metrics.mirror_publisher("relay", runtime.publisher.stats)
+    metrics.mirror_sealed(runtime.keys.sealed_counts())
+
+
 def run_relay(runtime: Runtime, stopping: threading.Event, batch: int = DEFAULT_BATCH) -> None:
     """Relay until ``stopping`` is set."""
+    next_report = 0.0
     while not stopping.is_set():
         try:
             sent = relay_once(runtime.engine, runtime.publisher, batch)
         except Exception:
             log.exception("outbox relay pass failed; trying again")
             sent = 0
+        if time.monotonic() >= next_report:
+            next_report = time.monotonic() + runtime.settings.outbox_lag_interval_s
+            try:
+                report_to_metrics(runtime)
+            except Exception:
+                log.exception("cannot measure the outbox lag; trying again")
         if sent == 0:
             stopping.wait(IDLE_SLEEP_S)
 
@@ -109,4 +141,5 @@ def run_outbox_relay() -> int:
     signal.signal(signal.SIGINT, stop)
     run_relay(current_runtime(), stopping)
     close_runtime()
+    forget_this_process()
     return 0

@@ -81,6 +81,8 @@ class Runtime:
 
     def close(self) -> None:
         self.breakers.close()
+        if self.settings.keys_file is not None:
+            self.keys.flush_usage(self.settings.keys_file)  # for `fleet keys list`
         self.publisher.close()
         self.network.close()
         self.engine.dispose()

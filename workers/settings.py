@@ -5,8 +5,11 @@ Every setting carries its unit in its name and a one-line description; README li
 
 from __future__ import annotations
 
+import os
+import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -98,10 +101,60 @@ class Settings(BaseSettings):
     events_file: Path | None = Field(
         default=None, description="Append outcome events (JSON lines) here; the demo reads them"
     )
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="Log lines: json (one object per line) or text"
+    )
+    log_level: str = Field(default="INFO", description="Root log level (DEBUG shows successes)")
+    log_success_sample_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Share of successful outcomes logged at INFO, 0..1"
+    )
+    metrics_port: int = Field(
+        default=9191, ge=0, le=65535, description="Port of `fleet worker`'s /metrics (0 = none)"
+    )
+    metrics_bind: str = Field(
+        default="0.0.0.0",  # noqa: S104 — Prometheus scrapes the pod's address
+        description="Address the metrics server binds",
+    )
+    metrics_dir: Path | None = Field(
+        default=None,
+        description="Prometheus multiprocess directory, emptied at start (default: a fresh "
+        "temporary directory per `fleet worker`)",
+    )
+    outbox_lag_interval_s: float = Field(
+        default=5.0, gt=0, description="How often the relay measures the outbox lag, seconds"
+    )
+    sentry_dsn: SecretStr | None = Field(
+        default=None, description="Sentry DSN; unset = no Sentry. Only dead letters are sent"
+    )
+    sentry_environment: str | None = Field(
+        default=None, description="Sentry environment name (e.g. production, staging)"
+    )
+    health_dir: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / f"fleet-health-{os.getuid()}",
+        description="Directory of the worker processes' health state files (`fleet health`)",
+    )
+    health_interval_s: float = Field(
+        default=5.0, gt=0, description="How often a worker writes its health state and pings the DB"
+    )
+    health_max_stale_s: float = Field(
+        default=30.0, gt=0, description="`fleet health`: oldest acceptable state / DB round trip"
+    )
+    health_max_busy_s: float = Field(
+        default=300.0, gt=0, description="`fleet health`: longer busy on one message = stuck"
+    )
+    dedup_horizon_days: float = Field(
+        default=30, gt=0, description="Dedup window (inbox retention), days; replay refuses older"
+    )
+    archiver_batch_size: int = Field(
+        default=100, ge=1, le=10_000, description="Dead letters the archiver commits per batch"
+    )
+    canary_wait_s: float = Field(
+        default=60.0, gt=0, description="How long `fleet dlq replay --canary` waits per outcome"
+    )
     fault_at: str | None = Field(
         default=None,
         description="TESTS ONLY: crash point before_commit | after_commit_before_ack | "
-        "after_retry_publish_before_ack",
+        "after_retry_publish_before_ack | archive_after_commit_before_ack (the archiver)",
     )
     fault_marker: Path | None = Field(
         default=None, description="TESTS ONLY: crash once, when this file can be created"

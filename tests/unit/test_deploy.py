@@ -52,7 +52,7 @@ SUBCOMMANDS: dict[tuple[str, ...], str | None] = {
     ("outbox", "relay"): None,
     ("simulate", "network"): None,
     ("dlq", "archive"): "`fleet dlq archive` (the archiver) is not registered yet",
-    ("health",): "`fleet health` (the probes' command) is not registered yet",
+    ("health",): None,
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Literal
 
 import typer
 
@@ -13,6 +14,9 @@ from workers.settings import get_settings
 
 SUSPECT_LANE = "workers.app:run_suspect_lane"
 OUTBOX_RELAY = "workers.relay:run_outbox_relay"
+ARCHIVER = "dlq.archiver:run_archiver"
+METRICS_SERVER = "workers.observability.metrics:serve_metrics"
+LOG_FORMATS = ("json", "text")
 
 
 def worker(
@@ -29,28 +33,63 @@ def worker(
     outbox_relay: bool = typer.Option(
         False, "--outbox-relay/--no-outbox-relay", help="Run an outbox relay process too"
     ),
+    archiver: bool = typer.Option(
+        False, "--archiver/--no-archiver", help="Run a dead-letter archiver process too"
+    ),
+    metrics_port: int = typer.Option(
+        None,
+        "--metrics-port",
+        min=0,
+        max=65535,
+        help="Serve /metrics of all processes on this port, 0 = not at all "
+        "(default: $FLEET_METRICS_PORT, 9191)",
+    ),
+    log_format: str = typer.Option(
+        None,
+        "--log-format",
+        help="Log lines: json or text (default: $FLEET_LOG_FORMAT, json)",
+    ),
 ) -> None:
     """Run worker processes on the chosen domain queues (Dramatiq's CLI does the processes)."""
     import dramatiq.cli
 
+    from workers.observability.health import expect_worker_processes, forget_stopped_processes
+    from workers.observability.logging import configure_logging
+    from workers.observability.metrics import prepare_multiprocess_dir, remove_multiprocess_dir
+
     unknown = sorted(set(queues) - set(DOMAINS))
     if unknown:
         fail(f"unknown queue(s) {', '.join(unknown)}; the domains are {', '.join(DOMAINS)}")
+    if log_format is not None and log_format not in LOG_FORMATS:
+        fail(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
     domains = queues or list(DOMAINS)
-    settings = get_settings()
+    # Every process Dramatiq forks inherits this environment (and the settings cache).
     os.environ["FLEET_WORKER_DOMAINS"] = json.dumps(domains)
     if threads is not None:
         os.environ["FLEET_WORKER_THREADS"] = str(threads)
+    if metrics_port is not None:
+        os.environ["FLEET_METRICS_PORT"] = str(metrics_port)
+    if log_format is not None:
+        os.environ["FLEET_LOG_FORMAT"] = log_format
     get_settings.cache_clear()
-    threads = get_settings().worker_threads
+    settings = get_settings()
+    configure_logging(
+        _log_format(settings.log_format), settings.log_level, settings.log_success_sample_rate
+    )
+    metrics_dir, made_metrics_dir = prepare_multiprocess_dir(settings.metrics_dir)
+    forget_stopped_processes(settings.health_dir)
+    expectation = expect_worker_processes(
+        settings.health_dir, processes + (1 if suspect_lane else 0)
+    )
     argv = [
         "workers.app",
         "--processes",
         str(processes),
         "--threads",
-        str(threads),
+        str(settings.worker_threads),
         "--worker-shutdown-timeout",
         str(int(settings.shutdown_timeout_s * 1000)),
+        "--skip-logging",
         "--queues",
         *domains,
     ]
@@ -58,16 +97,47 @@ def worker(
         argv += ["--fork-function", SUSPECT_LANE]
     if outbox_relay:
         argv += ["--fork-function", OUTBOX_RELAY]
+    if archiver:
+        argv += ["--fork-function", ARCHIVER]
+    if settings.metrics_port:
+        argv += ["--fork-function", METRICS_SERVER]
     parser = dramatiq.cli.make_argument_parser()
-    raise typer.Exit(dramatiq.cli.main(parser.parse_args(argv)))
+    try:
+        code = dramatiq.cli.main(parser.parse_args(argv))
+    finally:
+        expectation.unlink(missing_ok=True)
+        if made_metrics_dir:
+            remove_multiprocess_dir(metrics_dir)
+    raise typer.Exit(code)
+
+
+def _log_format(value: str) -> Literal["json", "text"]:
+    return "text" if value == "text" else "json"
 
 
 outbox_app = typer.Typer(help="The transactional outbox.", no_args_is_help=True)
 
 
 @outbox_app.command("relay")
-def relay() -> None:
+def relay(
+    metrics_port: int = typer.Option(
+        None,
+        "--metrics-port",
+        min=0,
+        max=65535,
+        help="Serve /metrics on this port, 0 = not at all (default: $FLEET_METRICS_PORT, 9191)",
+    ),
+) -> None:
     """Publish committed follow-up messages until stopped (safe as several replicas)."""
+    from workers.observability.logging import configure_logging
+    from workers.observability.metrics import start_metrics_server
     from workers.relay import run_outbox_relay
 
+    settings = get_settings()
+    configure_logging(
+        _log_format(settings.log_format), settings.log_level, settings.log_success_sample_rate
+    )
+    port = settings.metrics_port if metrics_port is None else metrics_port
+    if port:
+        start_metrics_server(port, settings.metrics_bind)
     raise typer.Exit(run_outbox_relay())
