@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO_ARGS ?=
 
-.PHONY: install services lint typecheck test test-fast demo schemas lock clean bench
+.PHONY: install tools services lint typecheck test test-fast demo schemas lock clean bench
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(STAMP)
 services:
 	bash scripts/ensure-services.sh
 
+## Debian tools some tests use (amqp-publish, promtool); installed when missing.
+tools:
+	bash scripts/ensure-tools.sh
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -26,11 +30,11 @@ typecheck: install
 	$(BIN)/mypy
 
 ## Everything CI runs: set-up, services, linters, type checks, the whole test suite.
-test: install services lint typecheck
+test: install tools services lint typecheck
 	$(BIN)/pytest
 
 ## The fast tier: skips scenarios marked slow.
-test-fast: install services lint typecheck
+test-fast: install tools services lint typecheck
 	$(BIN)/pytest -m "not slow"
 
 ## The fleet at work on a realistic workload, checked against the database (fleet demo --help).
