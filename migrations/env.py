@@ -15,6 +15,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import text
 
+import dlq.models  # noqa: F401  (the archive's tables live on the store's Base)
 from handlers.store.db import check_schema_name, make_engine
 from handlers.store.models import Base
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+import dlq.models  # noqa: F401  (the archive's tables on the store's Base, as Alembic sees them)
 from queues.keys import KeyRegistry, ProducerKey
 from tests.support.rabbit import amqp_url, scratch_vhost
 

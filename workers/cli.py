@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from workers.commands import billing, db, demo, health, keys, publish, schema, simulate, worker
+from workers.commands import (
+    billing,
+    db,
+    demo,
+    dlq,
+    health,
+    keys,
+    publish,
+    schema,
+    simulate,
+    worker,
+)
 from workers.commands import topology as topology_commands
 
 app = typer.Typer(
@@ -26,3 +37,5 @@ app.add_typer(simulate.app, name="simulate")
 app.add_typer(db.app, name="db")
 app.add_typer(billing.billing_app, name="billing")
 app.command("billrun")(billing.billrun)
+app.add_typer(dlq.app, name="dlq")
+app.add_typer(dlq.retry_app, name="retry")

@@ -51,7 +51,7 @@ SUBCOMMANDS: dict[tuple[str, ...], str | None] = {
     ("worker",): None,
     ("outbox", "relay"): None,
     ("simulate", "network"): None,
-    ("dlq", "archive"): "`fleet dlq archive` (the archiver) is not registered yet",
+    ("dlq", "archive"): None,
     ("health",): None,
 }
 
