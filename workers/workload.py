@@ -19,7 +19,8 @@ Besides the happy journeys it plants, whatever the size:
 - re-sends: the same message id published twice (absorbed by the inbox) and the same charge
   under a new message id (absorbed by its business key).
 
-Invoices and payments have no handlers yet: the workload sends neither.
+Invoices and payments are not in this workload (yet): the bill run (`fleet billrun`) and
+tests/e2e/test_billing_fleet.py exercise them.
 """
 
 from __future__ import annotations
