@@ -159,3 +159,28 @@ def test_two_relays_at_once_publish_each_follow_up_once(tmp_path: Path) -> None:
         assert duplicates == []
         report = fleet.ledger()
         assert report.ok, report.summary()
+
+
+def test_scaling_out_and_in_during_a_run_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    with fleet_under_test(tmp_path) as fleet:
+        opens, charges = workload(accounts=40, charges_per_account=50)
+        fleet.publish(opens, "order-management")
+        fleet.publish(charges)
+
+        def progress(beyond: int) -> None:
+            fleet.wait_for(lambda: len(fleet.events()) > beyond, what="the fleet at work")
+
+        first = fleet.start_workers(name="replica-1", processes=1, threads=4)
+        progress(100)
+        second = fleet.start_workers(name="replica-2", processes=2, threads=4)  # scale out
+        progress(len(fleet.events()) + 100)
+        assert fleet.local.stop(first, timeout_s=30) == 0  # scale in, gracefully
+        fleet.start_workers(name="replica-3", processes=1, threads=4)
+        progress(len(fleet.events()) + 100)
+        fleet.local.signal(second, signal.SIGKILL)  # one replica dies hard
+        second.wait(10)
+        fleet.wait_settled(timeout_s=180)
+        report = fleet.ledger()
+        assert report.ok, report.summary()
+        assert not report.dead_by_reason, report.summary()
+        assert fleet.query("SELECT count(*) FROM billing_charges") == [(len(charges),)]
