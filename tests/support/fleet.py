@@ -164,11 +164,17 @@ def fleet_under_test(
     *,
     tiers: tuple[int, ...] = (1, 2),
     env: dict[str, str] | None = None,
+    broker_url: str | None = None,
     **topology: Any,
 ) -> Iterator[FleetUnderTest]:
-    """Everything a real fleet needs, isolated; all of it removed afterwards."""
-    with scratch_vhost("e2e") as vhost, migrated_schema() as (engine, schema):
-        url = amqp_url(vhost)
+    """Everything a real fleet needs, isolated; all of it removed afterwards.
+
+    ``broker_url``: a broker of the test's own (a private node) instead of a scratch vhost on
+    the shared one.
+    """
+    vhosts = contextlib.nullcontext("/") if broker_url else scratch_vhost("e2e")
+    with vhosts as vhost, migrated_schema() as (engine, schema):
+        url = broker_url or amqp_url(vhost)
         apply(url, TopologyConfig(retry_tiers_s=tiers, **topology))
         keys = KeyRegistry(ProducerKey.generate(p, t) for p, t in PRODUCER_TYPES.items())
         keys_file = tmp_path / "keys.json"
