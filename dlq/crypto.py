@@ -12,25 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from joserfc import jwe
-from joserfc.errors import JoseError
-from joserfc.jwk import OctKey
-
-from queues.envelope import ALG, ENC, peek_raw_header
-from queues.errors import AuthenticationFailed, FleetError
+from queues.envelope import decrypt_with, encrypt_with, peek_raw_header
+from queues.errors import FleetError
 from queues.keys import KeyRegistry, KeyRegistryError, ProducerKey
 
 ARCHIVE_PRODUCER = "archive"
 ARCHIVED_FROM = "archived_from"
-
-
-class _Registry(jwe.JWERegistry):
-    max_protected_header_length = 4096
-    max_ciphertext_length = 64 * 1024 * 1024
-    max_aad_length = 64 * 1024 * 1024
-
-
-_JOSE = _Registry(algorithms=[ALG, ENC], strict_check_header=False)
 
 
 class MissingKey(FleetError):
@@ -61,21 +48,12 @@ def decrypt(body: bytes, keys: KeyRegistry) -> tuple[dict[str, Any], bytes]:
     key = keys.get(kid) if isinstance(kid, str) else None
     if key is None:
         raise MissingKey(f"no key with id {kid!r} in the key registry")
-    try:
-        token = jwe.decrypt_compact(body, OctKey.import_key(key.secret), registry=_JOSE)
-    except (JoseError, ValueError):
-        raise AuthenticationFailed(
-            "ciphertext or protected header failed AES-GCM authentication"
-        ) from None
-    return header, token.plaintext or b""
+    return decrypt_with(body, key)
 
 
 def seal_with(header: dict[str, Any], plaintext: bytes, key: ProducerKey) -> bytes:
     """A JWE compact envelope of ``plaintext`` under ``key`` with this protected header."""
-    token = jwe.encrypt_compact(
-        {**header, "kid": key.kid}, plaintext, OctKey.import_key(key.secret), registry=_JOSE
-    )
-    return token.encode("ascii")
+    return encrypt_with({**header, "kid": key.kid}, plaintext, key)
 
 
 def archive_key(keys: KeyRegistry) -> ProducerKey:

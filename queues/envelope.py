@@ -184,13 +184,30 @@ def seal(
         correlation_id=correlation_id,
         entity_version=payload.header_entity_version(),
     )
-    token = jwe.encrypt_compact(
-        header.to_jose(),
-        payload.model_dump_json().encode(),
-        OctKey.import_key(key.secret),
-        registry=_JOSE,
-    )
-    return SealedMessage(body=token.encode("ascii"), header=header)
+    body = encrypt_with(header.to_jose(), payload.model_dump_json().encode(), key)
+    return SealedMessage(body=body, header=header)
+
+
+def encrypt_with(protected: dict[str, Any], plaintext: bytes, key: ProducerKey) -> bytes:
+    """The JWE compact body of ``plaintext`` under ``key`` with this protected header
+    (no checks: ``seal`` is the way to publish; this also serves re-sealing archives)."""
+    token = jwe.encrypt_compact(protected, plaintext, OctKey.import_key(key.secret), registry=_JOSE)
+    return token.encode("ascii")
+
+
+def decrypt_with(body: bytes, key: ProducerKey) -> tuple[dict[str, Any], bytes]:
+    """The authenticated protected header and plaintext of ``body`` under ``key``.
+
+    Raises:
+        AuthenticationFailed: ciphertext, tag or header altered, or another key.
+    """
+    try:
+        token = jwe.decrypt_compact(body, OctKey.import_key(key.secret), registry=_JOSE)
+    except (JoseError, ValueError):
+        raise AuthenticationFailed(
+            "ciphertext or protected header failed AES-GCM authentication"
+        ) from None
+    return token.protected, token.plaintext or b""
 
 
 def peek_raw_header(body: bytes) -> dict[str, Any]:
@@ -249,19 +266,14 @@ def open_envelope(
     key = keys.get(header.kid)
     if key is None:
         raise UnknownKid(f"no registered key has id {header.kid!r}")
-    try:
-        decrypted = jwe.decrypt_compact(body, OctKey.import_key(key.secret), registry=_JOSE)
-    except (JoseError, ValueError):
-        raise AuthenticationFailed(
-            "ciphertext or protected header failed AES-GCM authentication"
-        ) from None
+    _authenticated, plaintext = decrypt_with(body, key)  # the header is this very segment
     if header.producer != key.producer:
         raise NotAuthorized(f"key {key.kid} belongs to another producer than {header.producer}")
     if not key.may_send(header.message_type):
         raise NotAuthorized(f"producer {header.producer} may not send {header.message_type}")
     model = model_for(header.message_type, header.schema_version)
     try:
-        payload = model.model_validate_json(decrypted.plaintext or b"", strict=True)
+        payload = model.model_validate_json(plaintext, strict=True)
     except ValidationError as exc:
         raise InvalidPayload(f"invalid payload: {describe_validation_error(exc)}") from None
     if payload.header_entity_version() != header.entity_version:
