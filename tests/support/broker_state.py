@@ -14,16 +14,21 @@ def queue_depth(url: str, queue: str) -> int:
         connection.close()
 
 
-def drain_message_ids(url: str, queue: str) -> list[str]:
-    """Consume (and ack) every ready message of ``queue``; return their AMQP message ids."""
+def take(url: str, queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
+    """Consume (and ack) every ready message of ``queue``: (properties, body) pairs."""
     connection = pika.BlockingConnection(pika.URLParameters(url))
-    ids: list[str] = []
+    taken: list[tuple[pika.BasicProperties, bytes]] = []
     try:
         channel = connection.channel()
         while True:
-            method, properties, _body = channel.basic_get(queue, auto_ack=True)
+            method, properties, body = channel.basic_get(queue, auto_ack=True)
             if method is None:
-                return ids
-            ids.append(str(properties.message_id))
+                return taken
+            taken.append((properties, body))
     finally:
         connection.close()
+
+
+def drain_message_ids(url: str, queue: str) -> list[str]:
+    """Consume (and ack) every ready message of ``queue``; return their AMQP message ids."""
+    return [str(properties.message_id) for properties, _body in take(url, queue)]

@@ -24,6 +24,7 @@ from queues.keys import KeyRegistry, ProducerKey
 from queues.publisher import Outgoing, Publisher
 from queues.topology import TopologyConfig, apply, tier_name
 from tests.conftest import PRODUCER_TYPES
+from tests.support.broker_state import queue_depth, take
 from tests.support.db import DATABASE_URL, migrated_schema
 from tests.support.rabbit import amqp_url, scratch_vhost
 from workers.broker import Delivery
@@ -138,25 +139,11 @@ class DlqStack:
     # -- the broker ----------------------------------------------------------------------------
 
     def depth(self, queue: str) -> int:
-        connection = pika.BlockingConnection(pika.URLParameters(self.url))
-        try:
-            return int(connection.channel().queue_declare(queue, passive=True).method.message_count)
-        finally:
-            connection.close()
+        return queue_depth(self.url, queue)
 
     def take(self, queue: str) -> list[tuple[Any, bytes]]:
         """Consume (ack) everything in ``queue``: (properties, body) pairs."""
-        connection = pika.BlockingConnection(pika.URLParameters(self.url))
-        taken = []
-        try:
-            channel = connection.channel()
-            while True:
-                method, properties, body = channel.basic_get(queue, auto_ack=True)
-                if method is None:
-                    return taken
-                taken.append((properties, body))
-        finally:
-            connection.close()
+        return list(take(self.url, queue))
 
     def purge(self, *queues: str) -> None:
         connection = pika.BlockingConnection(pika.URLParameters(self.url))
