@@ -34,7 +34,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from base64 import b64encode
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -469,8 +469,27 @@ class RabbitmqctlAdmin:
 
     name = "rabbitmqctl"
 
-    def __init__(self, ctl: Rabbitmqctl | None = None) -> None:
+    def __init__(self, ctl: Rabbitmqctl | None = None, *, amqp_port: int | None = None) -> None:
+        """``amqp_port``: refuse to work unless the node rabbitmqctl reaches serves AMQP there
+        (rabbitmqctl talks to the machine's default node, which may be another broker)."""
         self.ctl = ctl or Rabbitmqctl()
+        self.amqp_port = amqp_port
+        self._verified = amqp_port is None
+
+    def verify(self) -> None:
+        """Raises TopologyError when the node does not serve ``amqp_port``."""
+        if self._verified or self.amqp_port is None:
+            return
+        status = json.loads(self.ctl.run("status", "--formatter", "json") or "{}")
+        listeners = status.get("listeners", []) if isinstance(status, dict) else []
+        if not serves_amqp(listeners, self.amqp_port):
+            node = self.ctl.node or (status.get("node") if isinstance(status, dict) else None)
+            raise TopologyError(
+                f"rabbitmqctl reaches node {node or '(default)'}, which does not serve AMQP on "
+                f"port {self.amqp_port}: name the broker's node (--node) or use its "
+                "management API (--management-url)"
+            )
+        self._verified = True
 
     def read_state(self, vhost: str) -> BrokerState:
         listings = {
@@ -482,7 +501,10 @@ class RabbitmqctlAdmin:
                          "destination_name", "destination_kind", "routing_key"),
             "policies": ("list_policies", "-p", vhost),
         }  # fmt: skip
-        rows = self.ctl.json_many(listings)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            verified = pool.submit(self.verify)  # in parallel: each call boots an Erlang VM
+            rows = self.ctl.json_many(listings)
+            verified.result()
         exchanges, queues = rows["exchanges"], rows["queues"]
         bindings, policies = rows["bindings"], rows["policies"]
         return BrokerState(
@@ -534,6 +556,7 @@ class RabbitmqctlAdmin:
         # boots an Erlang VM (~0.3 s). Importing puts each policy as set_policy would.
         if not policies:
             return
+        self.verify()
         document = {
             "policies": [_policy_json(vhost, policy) for policy in policies],
         }
@@ -673,6 +696,15 @@ class BrokerAddress:
         return f"{scheme}://{self.host}:{MANAGEMENT_PORT}"
 
 
+def serves_amqp(listeners: Iterable[Mapping[str, Any]], port: int) -> bool:
+    """Whether a node's listener list (``rabbitmqctl status`` or ``/api/overview``) includes
+    AMQP (plain or TLS) on ``port``."""
+    return any(
+        str(listener.get("protocol", "")).startswith("amqp") and listener.get("port") == port
+        for listener in listeners
+    )
+
+
 def broker_admin(
     address: BrokerAddress,
     via: PolicyVia = "auto",
@@ -682,7 +714,9 @@ def broker_admin(
     """How to list the vhost and set policies.
 
     ``auto``: the management API at ``management_url`` (default ``http://<host>:15672``) when it
-    answers; when nothing listens there, rabbitmqctl if the broker is this machine. A refusal
+    answers (a default one only when its broker serves the URL's AMQP port); otherwise
+    rabbitmqctl if the broker is this machine. rabbitmqctl is used only on the node that serves
+    the URL's AMQP port: never another broker's policies by mistake. A refusal
     (wrong password, no ``policymaker`` tag) is an error, never a silent switch of identity.
 
     Raises:
@@ -692,17 +726,22 @@ def broker_admin(
     if via == "http":
         return http
     if via == "rabbitmqctl":
-        return RabbitmqctlAdmin(ctl)
+        return RabbitmqctlAdmin(ctl, amqp_port=address.port)
     try:
-        http.request("GET", "/api/whoami")
-        return http
+        overview = http.request("GET", "/api/overview")
     except (OSError, ValueError):
         if management_url is not None:
             raise TopologyError(
                 f"management API at {management_url} does not answer: check --management-url"
             ) from None
+    else:
+        # A guessed management URL may belong to another broker on the same host: use it only
+        # when that broker serves the URL's AMQP port.
+        listeners = overview.get("listeners", []) if isinstance(overview, dict) else []
+        if management_url is not None or serves_amqp(listeners, address.port):
+            return http
     if ctl is not None or (address.is_local() and shutil.which("rabbitmqctl")):
-        return RabbitmqctlAdmin(ctl)
+        return RabbitmqctlAdmin(ctl, amqp_port=address.port)
     raise TopologyError(
         f"cannot manage policies on {address.host}: enable the management plugin "
         "(port 15672) or run on the broker node where rabbitmqctl works"

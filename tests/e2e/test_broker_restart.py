@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.db, pytest.mark.slow]
 def test_a_broker_restart_during_publishing_and_consuming_loses_and_doubles_nothing(
     tmp_path: Path,
 ) -> None:
-    with private_node() as node, fleet_under_test(tmp_path, broker_url=node.amqp_url("/")) as fleet:
+    with private_node() as node, fleet_under_test(tmp_path, node=node) as fleet:
         opens, charges = workload(accounts=30, charges_per_account=50)
         fleet.publish(opens, "order-management")
         fleet.start_workers(processes=2, threads=4)

@@ -16,10 +16,12 @@ import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import NackError
 
+from queues import topology
 from queues.contracts import MESSAGE_TYPES
 from queues.roles import apply_roles
 from queues.topology import (
     HttpAdmin,
+    PolicyVia,
     Rabbitmqctl,
     RabbitmqctlAdmin,
     TopologyConfig,
@@ -34,6 +36,7 @@ from tests.support.rabbit import (
     private_node,
     rabbitmqctl,
     scratch_vhost,
+    unused_port,
 )
 
 pytestmark = pytest.mark.broker
@@ -416,3 +419,29 @@ def test_the_management_api_path_reads_and_writes_what_rabbitmqctl_does() -> Non
         assert {f.name for f in drifted.findings} == {f"fleet.{q}" for q in WORK_QUEUES}
         with pytest.raises(TopologyError, match="policymaker"):
             check(node.amqp_url("fleet", "fleet-admin", "wrong"), CONFIG, management_url=api)
+
+
+def test_a_guessed_management_api_of_another_broker_is_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The default management port answers for a node that does not serve the URL's AMQP port
+    # (two brokers on one host): auto must not write that node's policies.
+    with private_node(management=True) as node, scratch_vhost("guess") as vhost:
+        monkeypatch.setattr(topology, "MANAGEMENT_PORT", node.management_port)
+        assert apply(amqp_url(vhost), CONFIG).via == "rabbitmqctl"
+        other_vhosts = node.ctl("list_vhosts", "--no-table-headers").split()
+        assert other_vhosts == ["/"], "nothing written on the other node"
+        assert effective_policies(vhost)
+
+
+@pytest.mark.parametrize("via", ["auto", "rabbitmqctl"])
+def test_rabbitmqctl_is_never_used_on_a_node_that_does_not_serve_the_url(
+    via: PolicyVia,
+) -> None:
+    # rabbitmqctl reaches this machine's default node; a URL naming another port is another
+    # broker (a private node, a tunnel), and its policies must not land on the default node.
+    with scratch_vhost("other") as vhost:
+        url = amqp_url(vhost, port=unused_port())
+        with pytest.raises(TopologyError, match=r"does not serve AMQP on port \d+: name the"):
+            apply(url, CONFIG, via=via)
+        assert rabbitmqctl("list_policies", "-p", vhost).strip() == ""

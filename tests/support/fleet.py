@@ -19,11 +19,11 @@ from queues.contracts import Contract
 from queues.envelope import SealedMessage, seal
 from queues.keys import KeyRegistry, ProducerKey
 from queues.publisher import Outgoing, Publisher, PublishResult
-from queues.topology import DOMAINS, TopologyConfig, apply, queues_of
+from queues.topology import DOMAINS, Rabbitmqctl, TopologyConfig, apply, queues_of
 from tests.conftest import PRODUCER_TYPES
 from tests.support.broker_state import queue_depth
 from tests.support.db import DATABASE_URL, migrated_schema
-from tests.support.rabbit import amqp_url, rabbitmqctl, scratch_vhost
+from tests.support.rabbit import PrivateNode, amqp_url, rabbitmqctl, scratch_vhost
 from workers.events import read_events
 from workers.ledger import LedgerReport, check_ledger, drain_dead_letters
 from workers.local import LocalFleet
@@ -40,6 +40,7 @@ class FleetUnderTest:
     keys: KeyRegistry
     local: LocalFleet
     events_file: Path
+    node: PrivateNode | None = None
     confirmed: dict[str, str] = field(default_factory=dict)
     publishers: dict[str, Publisher] = field(default_factory=dict)
 
@@ -130,13 +131,25 @@ class FleetUnderTest:
             return list(connection.execute(text(sql), params).all())
 
     def unacked(self, queue: str) -> int:
-        for line in rabbitmqctl(
-            "list_queues", "-p", self.vhost, "name", "messages_unacknowledged"
-        ).splitlines():
+        counts = self.unacked_by_queue()
+        if queue not in counts:
+            raise KeyError(queue)
+        return counts[queue]
+
+    def unacked_by_queue(self) -> dict[str, int]:
+        """Every queue of the vhost ▶ deliveries the broker waits to hear about."""
+        args = ("list_queues", "-p", self.vhost, "name", "messages_unacknowledged")
+        listing = self.node.ctl(*args) if self.node else rabbitmqctl(*args)
+        counts = {}
+        for line in listing.splitlines():
             name, _, count = line.partition("\t")
-            if name == queue:
-                return int(count)
-        raise KeyError(queue)
+            if count.strip().isdigit():
+                counts[name] = int(count)
+        return counts
+
+    def in_hand(self) -> int:
+        """Deliveries unacknowledged across the vhost."""
+        return sum(self.unacked_by_queue().values())
 
     def depth(self, queue: str) -> int:
         return queue_depth(self.url, queue)
@@ -164,18 +177,19 @@ def fleet_under_test(
     *,
     tiers: tuple[int, ...] = (1, 2),
     env: dict[str, str] | None = None,
-    broker_url: str | None = None,
+    node: PrivateNode | None = None,
     **topology: Any,
 ) -> Iterator[FleetUnderTest]:
     """Everything a real fleet needs, isolated; all of it removed afterwards.
 
-    ``broker_url``: a broker of the test's own (a private node) instead of a scratch vhost on
-    the shared one.
+    ``node``: a broker of the test's own (its vhost ``/``) instead of a scratch vhost on the
+    shared one; its policies are set with rabbitmqctl on that node.
     """
-    vhosts = contextlib.nullcontext("/") if broker_url else scratch_vhost("e2e")
+    vhosts = contextlib.nullcontext("/") if node else scratch_vhost("e2e")
     with vhosts as vhost, migrated_schema() as (engine, schema):
-        url = broker_url or amqp_url(vhost)
-        apply(url, TopologyConfig(retry_tiers_s=tiers, **topology))
+        url = node.amqp_url(vhost) if node else amqp_url(vhost)
+        ctl = Rabbitmqctl(node.name) if node else None
+        apply(url, TopologyConfig(retry_tiers_s=tiers, **topology), ctl=ctl)
         keys = KeyRegistry(ProducerKey.generate(p, t) for p, t in PRODUCER_TYPES.items())
         keys_file = tmp_path / "keys.json"
         keys.save(keys_file)
@@ -196,6 +210,7 @@ def fleet_under_test(
             vhost=vhost,
             engine=engine,
             schema=schema,
+            node=node,
             keys=keys,
             local=LocalFleet(settings, tmp_path / "logs"),
             events_file=events_file,

@@ -121,7 +121,7 @@ def _answers(node: PrivateNode, *args: str) -> bool:
     return result.returncode == 0
 
 
-def _free_port() -> int:
+def unused_port() -> int:
     with socket.socket() as probe:
         probe.bind((AMQP_HOST, 0))
         return int(probe.getsockname()[1])
@@ -137,7 +137,7 @@ def private_node(*, management: bool = False, timeout_s: float = 60) -> Iterator
     server = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
     if os.geteuid() != 0 or not server.exists():
         pytest.skip("a private RabbitMQ node needs root and the packaged rabbitmq-server")
-    node = PrivateNode(f"fleet-test-{uuid.uuid4().hex[:8]}@localhost", _free_port(), _free_port())
+    node = PrivateNode(f"fleet-test-{uuid.uuid4().hex[:8]}@localhost", unused_port(), unused_port())
     base = Path(tempfile.mkdtemp(prefix="fleet-node-"))
     (base / "rabbitmq.conf").write_text(
         f"listeners.tcp.local = {AMQP_HOST}:{node.amqp_port}\n"
@@ -148,7 +148,7 @@ def private_node(*, management: bool = False, timeout_s: float = 60) -> Iterator
     environment = {
         "HOME": "/var/lib/rabbitmq",
         "RABBITMQ_NODENAME": node.name,
-        "RABBITMQ_DIST_PORT": str(_free_port()),
+        "RABBITMQ_DIST_PORT": str(unused_port()),
         "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
         "RABBITMQ_LOG_BASE": str(base / "log"),
         "RABBITMQ_PID_FILE": str(base / "pid"),

@@ -15,6 +15,7 @@ from rich.table import Table
 from queues.roles import RolesError, apply_roles, fleet_roles, password_env_var, render_roles
 from queues.topology import (
     PolicyVia,
+    Rabbitmqctl,
     TopologyConfig,
     TopologyError,
     apply,
@@ -45,6 +46,12 @@ ManagementUrlOption = typer.Option(
 ViaOption = typer.Option(
     "auto", "--via", help="How to set policies and list: auto, http (management API), rabbitmqctl"
 )
+NodeOption = typer.Option(
+    None,
+    "--node",
+    help="rabbitmqctl's node name (default: the machine's default node), e.g. rabbit@broker-1",
+    show_default=False,
+)
 JsonOption = typer.Option(False, "--json", help="JSON on stdout")
 
 
@@ -56,6 +63,10 @@ def _via(via: str) -> PolicyVia:
     if via not in ("auto", "http", "rabbitmqctl"):
         fail(f"--via {via!r} is not one of auto, http, rabbitmqctl")
     return cast(PolicyVia, via)
+
+
+def _ctl(node: str | None) -> Rabbitmqctl | None:
+    return Rabbitmqctl(node) if node else None
 
 
 def _config() -> TopologyConfig:
@@ -70,11 +81,14 @@ def apply_command(
     url: str | None = UrlOption,
     management_url: str | None = ManagementUrlOption,
     via: str = ViaOption,
+    node: str | None = NodeOption,
     json_output: bool = JsonOption,
 ) -> None:
     """Declare exchanges, queues and bindings; set policies. Idempotent; never deletes."""
     try:
-        report = apply(_url(url), _config(), via=_via(via), management_url=management_url)
+        report = apply(
+            _url(url), _config(), via=_via(via), management_url=management_url, ctl=_ctl(node)
+        )
     except TopologyError as exc:
         fail(exc.message)
     if json_output:
@@ -99,11 +113,14 @@ def check_command(
     url: str | None = UrlOption,
     management_url: str | None = ManagementUrlOption,
     via: str = ViaOption,
+    node: str | None = NodeOption,
     json_output: bool = JsonOption,
 ) -> None:
     """Compare the broker with the topology; exit 1 when anything differs, saying what to do."""
     try:
-        report = check(_url(url), _config(), via=_via(via), management_url=management_url)
+        report = check(
+            _url(url), _config(), via=_via(via), management_url=management_url, ctl=_ctl(node)
+        )
     except TopologyError as exc:
         fail(exc.message)
     if json_output:
