@@ -368,9 +368,10 @@ class Archiver:
         batch_size: int = DEFAULT_BATCH,
         linger_s: float = DEFAULT_LINGER_S,
         fault_hook: FaultHook | None = None,
+        heartbeat_s: int = 30,
     ) -> None:
         self.parameters = pika.URLParameters(url)
-        self.parameters.heartbeat = 30
+        self.parameters.heartbeat = heartbeat_s
         self.parameters.connection_attempts = 1
         self.engine = engine
         self.queues = tuple(queues)
@@ -532,6 +533,7 @@ def run_archiver() -> int:
         engine,
         batch_size=settings.archiver_batch_size,
         fault_hook=fault_hook if fault == FAULT_AFTER_COMMIT else None,
+        heartbeat_s=settings.amqp_heartbeat_s,
     )
     try:
         archiver.run(stopping)

@@ -68,6 +68,7 @@ def build_broker() -> FleetBroker:
         settings.amqp_url.get_secret_value(),
         choose_actor=choose_actor,
         prefetch=settings.worker_threads,
+        heartbeat_s=settings.amqp_heartbeat_s,
         # Dramatiq runs after-hooks in reverse: the lifecycle's after_worker_boot (the runtime)
         # comes first, the observers subscribe to its events after it.
         middleware=[

@@ -119,6 +119,7 @@ def build_runtime(settings: Settings | None = None) -> Runtime:
         window=settings.publish_window,
         confirm_timeout_s=settings.publish_timeout_s,
         max_body_bytes=settings.max_body_bytes,
+        heartbeat_s=settings.amqp_heartbeat_s,
     )
     events = EventSink(settings.events_file)
     faults = Faults(settings)

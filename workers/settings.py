@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     publish_timeout_s: float = Field(
         default=30.0, gt=0, description="How long a publisher waits for confirms or while blocked"
     )
+    amqp_heartbeat_s: int = Field(
+        default=30,
+        ge=1,
+        le=600,
+        description="AMQP heartbeat timeout, seconds: a silent broker link is dropped and "
+        "reconnected after about this long",
+    )
     db_schema: str | None = Field(
         default=None, description="PostgreSQL schema (search_path) of the fleet's tables"
     )

@@ -98,6 +98,7 @@ class _LazyPublisher:
                 settings.amqp_url.get_secret_value(),
                 confirm_timeout_s=settings.publish_timeout_s,
                 max_body_bytes=2**31,
+                heartbeat_s=settings.amqp_heartbeat_s,
             )
         return self._publisher.publish_raw(items)
 
@@ -222,6 +223,7 @@ def archive(
             settings.amqp_url.get_secret_value(),
             engine,
             batch_size=settings.archiver_batch_size,
+            heartbeat_s=settings.amqp_heartbeat_s,
         )
         archiver.drain()
     console.print(

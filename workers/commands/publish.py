@@ -101,6 +101,7 @@ def publish(
         window=settings.publish_window,
         confirm_timeout_s=settings.publish_timeout_s,
         max_body_bytes=settings.max_body_bytes,
+        heartbeat_s=settings.amqp_heartbeat_s,
     ) as publisher:
         try:
             results = publisher.publish_batch(payloads)
