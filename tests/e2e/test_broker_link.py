@@ -1,0 +1,148 @@
+"""The link between workers and RabbitMQ: reset, stalled (blackholed) and slow.
+
+The workers reach the broker through ``tests.support.tcp_proxy``; the test publishes directly.
+Workers run with a 4 s heartbeat so a stall is noticed in seconds, on both sides: the broker
+drops the silent connection (and returns its unacked deliveries), the worker drops its side and
+reconnects. Every scenario ends with the ledger and with nothing left unacknowledged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from queues.contracts import Contract
+from tests.e2e.test_faults import workload
+from tests.support.fleet import FleetUnderTest, fleet_under_test
+from tests.support.rabbit import AMQP_HOST, AMQP_PORT, rabbitmqctl
+from tests.support.tcp_proxy import TcpProxy, tcp_proxy
+
+pytestmark = [pytest.mark.broker, pytest.mark.db, pytest.mark.slow]
+
+HEARTBEAT_S = 4
+ACCOUNTS, CHARGES_PER_ACCOUNT = 40, 60  # 2,440 messages
+
+
+def via(proxy: TcpProxy, url: str) -> str:
+    """``url`` with its host and port replaced by the proxy's."""
+    parts = urlsplit(url)
+    return urlunsplit(
+        parts._replace(netloc=f"{parts.username}:{parts.password}@{AMQP_HOST}:{proxy.port}")
+    )
+
+
+def broker_peer_ports(vhost: str) -> set[int]:
+    """Client ports of the connections the broker holds open in ``vhost``."""
+    ports = set()
+    for line in rabbitmqctl("list_connections", "vhost", "peer_port").splitlines():
+        name, _, port = line.partition("\t")
+        if name == vhost and port.strip().isdigit():
+            ports.add(int(port))
+    return ports
+
+
+def processed(fleet: FleetUnderTest) -> int:
+    return sum(1 for e in fleet.events() if e["event"] in ("ok", "duplicate", "stale"))
+
+
+@pytest.fixture
+def linked(tmp_path: Path) -> Iterator[tuple[FleetUnderTest, TcpProxy, list[Contract]]]:
+    """A fleet whose workers reach the broker through a proxy, busy with a few thousand charges.
+
+    Yields once the fleet is mid-way: some charges processed, others delivered but unacked.
+    """
+    env = {"FLEET_AMQP_HEARTBEAT_S": str(HEARTBEAT_S), "FLEET_PUBLISH_TIMEOUT_S": "10"}
+    with (
+        tcp_proxy((AMQP_HOST, AMQP_PORT)) as proxy,
+        fleet_under_test(tmp_path, env=env) as fleet,
+    ):
+        opens, charges = workload(ACCOUNTS, CHARGES_PER_ACCOUNT)
+        fleet.publish(opens, "order-management")
+        fleet.start_workers(processes=2, threads=4, extra={"FLEET_AMQP_URL": via(proxy, fleet.url)})
+        fleet.publish(charges)
+        fleet.wait_for(
+            lambda: processed(fleet) > 200 and fleet.in_hand() > 0,
+            timeout_s=60,
+            what="the fleet at work, with deliveries in hand",
+        )
+        yield fleet, proxy, charges
+
+
+def assert_exact(fleet: FleetUnderTest, charges: list[Contract]) -> None:
+    fleet.wait_settled(timeout_s=180)
+    report = fleet.ledger()
+    assert report.ok, report.summary()
+    assert not report.dead_by_reason, report.summary()
+    assert fleet.query("SELECT count(*) FROM billing_charges") == [(len(charges),)]
+    fleet.wait_for(lambda: fleet.in_hand() == 0, timeout_s=30, what="nothing left unacked")
+
+
+def reset_and_recover(fleet: FleetUnderTest, proxy: TcpProxy) -> None:
+    accepted, progress = proxy.accepted, processed(fleet)
+    proxy.reset()
+    fleet.wait_for(lambda: proxy.accepted > accepted, 60, "the workers to reconnect")
+    fleet.wait_for(
+        lambda: processed(fleet) > progress + 100 or not fleet.expected() - fleet.settled(),
+        60,
+        "progress after the reset",
+    )
+
+
+def test_connection_resets_lose_and_double_nothing(
+    linked: tuple[FleetUnderTest, TcpProxy, list[Contract]],
+) -> None:
+    fleet, proxy, charges = linked
+    for _ in range(3):
+        reset_and_recover(fleet, proxy)
+    assert_exact(fleet, charges)
+    print(f"{proxy.accepted} connections through the proxy")
+
+
+def test_a_stalled_link_is_dropped_by_heartbeats_on_both_sides_and_nothing_is_lost(
+    linked: tuple[FleetUnderTest, TcpProxy, list[Contract]],
+) -> None:
+    fleet, proxy, charges = linked
+    stalled = proxy.upstream_ports()
+    accepted = proxy.accepted
+    assert stalled & broker_peer_ports(fleet.vhost), "the workers' connections go through the proxy"
+    seen = len(fleet.events())
+    proxy.stall()
+
+    # The broker stops hearing heartbeats and closes the connections; their unacked
+    # deliveries go back to the queues.
+    fleet.wait_for(
+        lambda: not stalled & broker_peer_ports(fleet.vhost),
+        6 * HEARTBEAT_S,
+        "the broker to drop the stalled connections",
+    )
+    # The workers stop hearing heartbeats too, drop their side and connect again (and those
+    # attempts hang in the blackhole until it heals).
+    fleet.wait_for(lambda: proxy.accepted > accepted, 6 * HEARTBEAT_S, "the workers to reconnect")
+    proxy.restore()
+
+    assert_exact(fleet, charges)
+    # Deliveries that were in hand when the link stalled came back as redeliveries: processed
+    # again and absorbed by the inbox, or moved to the suspect lane first.
+    again = [e for e in fleet.events()[seen:] if e["event"] in ("duplicate", "suspect")]
+    assert again, "no delivery in hand at the stall was redelivered"
+    print(f"stalled {len(stalled)} connections; {len(again)} deliveries in hand came back")
+
+
+def test_a_slow_link_slows_the_fleet_without_dropping_connections(
+    linked: tuple[FleetUnderTest, TcpProxy, list[Contract]],
+) -> None:
+    fleet, proxy, charges = linked
+    accepted = proxy.accepted
+    before = processed(fleet)
+    proxy.slow(0.5)  # each way, on every chunk: a 1 s round trip
+    fleet.wait_for(lambda: processed(fleet) >= before + 50, 60, "progress over the slow link")
+    delayed = proxy.delayed_chunks
+    proxy.restore()
+
+    assert_exact(fleet, charges)
+    assert delayed > 0
+    # Slow is not dead: heartbeats keep arriving, late, so no connection was dropped.
+    assert proxy.accepted == accepted, "a slow link was mistaken for a dead one"
