@@ -146,6 +146,7 @@ class PublisherStats:
     failed: int = 0
     republished: int = 0
     reconnects: int = 0
+    blocked: int = 0  # connection.blocked received (memory or disk alarm)
     max_in_flight: int = 0
 
 
@@ -472,6 +473,7 @@ class Publisher:
     def _on_blocked(self, _connection: pika.SelectConnection, _frame: Any) -> None:
         log.warning("broker blocked this publisher (connection.blocked)")
         self._blocked = True
+        self.stats.blocked += 1
 
     def _on_unblocked(self, _connection: pika.SelectConnection, _frame: Any) -> None:
         log.info("broker unblocked this publisher")

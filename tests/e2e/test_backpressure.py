@@ -1,0 +1,88 @@
+"""A burst against a broker that pushes back: a memory alarm and a small max-length.
+
+On a private node (the shared one is never starved): the work queues hold at most a few hundred
+messages (``reject-publish``), and mid-burst the memory watermark drops below what the node
+uses, so RabbitMQ blocks every publishing connection. The publisher is told every time
+(``nacked``, ``connection.blocked``, ``failed`` on timeout) and publishes again what was not
+confirmed, the way the publisher contract asks an upstream to; the workers drain meanwhile.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from queues.publisher import PublishResult, PublishStatus
+from tests.e2e.test_faults import workload
+from tests.support.fleet import FleetUnderTest, fleet_under_test
+from tests.support.rabbit import private_node
+
+pytestmark = [pytest.mark.broker, pytest.mark.db, pytest.mark.slow]
+
+MAX_LENGTH = 200
+
+
+def processed(fleet: FleetUnderTest) -> int:
+    return sum(1 for e in fleet.events() if e["event"] in ("ok", "duplicate", "stale"))
+
+
+def test_a_burst_against_a_full_queue_and_a_memory_alarm_loses_nothing_published(
+    tmp_path: Path,
+) -> None:
+    with (
+        private_node() as node,
+        fleet_under_test(tmp_path, node=node, queue_max_length=MAX_LENGTH) as fleet,
+    ):
+        opens, charges = workload(accounts=30, charges_per_account=100)
+        fleet.publish(opens, "order-management")
+        publisher = fleet.publisher("fleet")
+        publisher.confirm_timeout_s = 5
+        sealed = [publisher.seal(c) for c in charges]
+        results: list[PublishResult] = []
+        done = threading.Event()
+
+        def burst() -> None:
+            pending = list(sealed)
+            while pending:
+                results.extend(publisher.publish_batch(pending))
+                confirmed = {r.message_id for r in results if r.ok}
+                pending = [s for s in pending if str(s.message_id) not in confirmed]
+                time.sleep(0.5)  # an upstream backs off before it publishes the rest again
+            done.set()
+
+        publishing = threading.Thread(target=burst)
+        publishing.start()
+        fleet.wait_for(
+            lambda: publisher.stats.nacked > 0, timeout_s=60, what="a full queue refusing publishes"
+        )
+        fleet.start_workers(processes=2, threads=4)
+        fleet.wait_for(lambda: processed(fleet) > 100, timeout_s=60, what="the fleet at work")
+
+        node.ctl("set_vm_memory_high_watermark", "absolute", "10MB")  # far below its usage
+        fleet.wait_for(lambda: publisher.stats.blocked > 0, timeout_s=30, what="connection.blocked")
+        blocked_at = processed(fleet)
+        fleet.wait_for(
+            lambda: processed(fleet) >= blocked_at + 100,
+            timeout_s=60,
+            what="the workers draining while publishers are blocked",
+        )
+        assert not done.is_set(), "the burst finished before the alarm: it proves nothing"
+        node.ctl("set_vm_memory_high_watermark", "0.4")
+
+        publishing.join(240)
+        assert not publishing.is_alive(), "the burst never got all its messages confirmed"
+        fleet.confirmed.update({str(r.message_id): r.message_type for r in results if r.ok})
+        assert {str(s.message_id) for s in sealed} <= set(fleet.confirmed)
+        print(publisher.stats)
+        refused = {r.status for r in results if not r.ok}
+        assert PublishStatus.NACKED in refused, "max-length never refused a publish"
+
+        fleet.wait_settled(timeout_s=180)
+        report = fleet.ledger()
+        assert report.ok, report.summary()
+        assert not report.dead_by_reason, report.summary()
+        assert fleet.query("SELECT count(*) FROM billing_charges") == [(len(charges),)]
+        fleet.wait_for(lambda: fleet.in_hand() == 0, timeout_s=30, what="nothing left unacked")
