@@ -177,7 +177,7 @@ def test_publisher_and_seal_counters_add_only_what_grew(registry: CollectorRegis
     metrics = FleetMetrics(registry)
     stats = PublisherStats(published=3, confirmed=2, nacked=1)
     metrics.mirror_publisher("relay", stats)
-    stats.published, stats.confirmed, stats.reconnects = 5, 4, 1
+    stats.published, stats.confirmed, stats.reconnects, stats.blocked = 5, 4, 1, 2
     metrics.mirror_publisher("relay", stats)
     metrics.mirror_sealed({"k1": 2})
     metrics.mirror_sealed({"k1": 7})
@@ -186,6 +186,7 @@ def test_publisher_and_seal_counters_add_only_what_grew(registry: CollectorRegis
     assert value(registry, pub, role="relay", result="confirmed") == 4
     assert value(registry, pub, role="relay", result="nacked") == 1
     assert value(registry, "fleet_publisher_reconnects_total", role="relay") == 1
+    assert value(registry, "fleet_publisher_blocked_total", role="relay") == 2
     assert value(registry, "fleet_envelope_sealed_total", kid="k1") == 7
 
 
@@ -249,4 +250,4 @@ def test_every_metric_is_documented_for_operators(registry: CollectorRegistry) -
         for family in registry.collect()
     ]
     missing = [name for name in exposed if f"`{name}`" not in doc]
-    assert len(exposed) == 11 and not missing, missing
+    assert len(exposed) == 12 and not missing, missing

@@ -126,6 +126,13 @@ class FleetMetrics:
             ["role"],
             registry=registry,
         )
+        self.publisher_blocked = Counter(
+            "fleet_publisher_blocked",
+            "Times the broker blocked the fleet's own publishers (connection.blocked: memory or "
+            "disk alarm)",
+            ["role"],
+            registry=registry,
+        )
         self.outbox_lag = Gauge(
             "fleet_outbox_lag_seconds",
             "Age of the oldest unsent outbox row (0 when drained), as the relay last saw it",
@@ -176,10 +183,14 @@ class FleetMetrics:
 
     def mirror_publisher(self, role: str, stats: PublisherStats) -> None:
         """Add what a publisher counted since the last call (its stats only ever grow)."""
-        counts = {name: getattr(stats, name) for name in (*PUBLISHER_COUNTERS, "reconnects")}
+        counts = {
+            name: getattr(stats, name) for name in (*PUBLISHER_COUNTERS, "reconnects", "blocked")
+        }
         for name, delta in self._deltas(f"publisher.{role}", counts).items():
             if name == "reconnects":
                 self.publisher_reconnects.labels(role).inc(delta)
+            elif name == "blocked":
+                self.publisher_blocked.labels(role).inc(delta)
             else:
                 self.publisher.labels(role, name).inc(delta)
 
