@@ -727,6 +727,7 @@ def broker_admin(
         return http
     if via == "rabbitmqctl":
         return RabbitmqctlAdmin(ctl, amqp_port=address.port)
+    hint = "enable the management plugin (port 15672) or run on the broker node"
     try:
         overview = http.request("GET", "/api/overview")
     except (OSError, ValueError):
@@ -740,12 +741,13 @@ def broker_admin(
         listeners = overview.get("listeners", []) if isinstance(overview, dict) else []
         if management_url is not None or serves_amqp(listeners, address.port):
             return http
+        hint = (
+            f"the management API at {http.base_url} serves no AMQP on port {address.port} "
+            "(another broker, or a forwarded port): pass --management-url"
+        )
     if ctl is not None or (address.is_local() and shutil.which("rabbitmqctl")):
         return RabbitmqctlAdmin(ctl, amqp_port=address.port)
-    raise TopologyError(
-        f"cannot manage policies on {address.host}: enable the management plugin "
-        "(port 15672) or run on the broker node where rabbitmqctl works"
-    )
+    raise TopologyError(f"cannot manage policies on {address.host}: {hint}")
 
 
 # ── comparing ──────────────────────────────────────────────────────────────────────────────────
