@@ -17,16 +17,12 @@ import pytest
 
 from queues.publisher import PublishResult, PublishStatus
 from tests.e2e.test_faults import workload
-from tests.support.fleet import FleetUnderTest, fleet_under_test
+from tests.support.fleet import fleet_under_test
 from tests.support.rabbit import private_node
 
 pytestmark = [pytest.mark.broker, pytest.mark.db, pytest.mark.slow]
 
 MAX_LENGTH = 200
-
-
-def processed(fleet: FleetUnderTest) -> int:
-    return sum(1 for e in fleet.events() if e["event"] in ("ok", "duplicate", "stale"))
 
 
 def test_a_burst_against_a_full_queue_and_a_memory_alarm_loses_nothing_published(
@@ -59,13 +55,13 @@ def test_a_burst_against_a_full_queue_and_a_memory_alarm_loses_nothing_published
             lambda: publisher.stats.nacked > 0, timeout_s=60, what="a full queue refusing publishes"
         )
         fleet.start_workers(processes=2, threads=4)
-        fleet.wait_for(lambda: processed(fleet) > 100, timeout_s=60, what="the fleet at work")
+        fleet.wait_for(lambda: fleet.processed() > 100, timeout_s=60, what="the fleet at work")
 
         node.ctl("set_vm_memory_high_watermark", "absolute", "10MB")  # far below its usage
         fleet.wait_for(lambda: publisher.stats.blocked > 0, timeout_s=30, what="connection.blocked")
-        blocked_at = processed(fleet)
+        blocked_at = fleet.processed()
         fleet.wait_for(
-            lambda: processed(fleet) >= blocked_at + 100,
+            lambda: fleet.processed() >= blocked_at + 100,
             timeout_s=60,
             what="the workers draining while publishers are blocked",
         )
@@ -80,9 +76,4 @@ def test_a_burst_against_a_full_queue_and_a_memory_alarm_loses_nothing_published
         refused = {r.status for r in results if not r.ok}
         assert PublishStatus.NACKED in refused, "max-length never refused a publish"
 
-        fleet.wait_settled(timeout_s=180)
-        report = fleet.ledger()
-        assert report.ok, report.summary()
-        assert not report.dead_by_reason, report.summary()
-        assert fleet.query("SELECT count(*) FROM billing_charges") == [(len(charges),)]
-        fleet.wait_for(lambda: fleet.in_hand() == 0, timeout_s=30, what="nothing left unacked")
+        fleet.assert_charged_exactly_once(len(charges))

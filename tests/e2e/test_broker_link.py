@@ -44,10 +44,6 @@ def broker_peer_ports(vhost: str) -> set[int]:
     return ports
 
 
-def processed(fleet: FleetUnderTest) -> int:
-    return sum(1 for e in fleet.events() if e["event"] in ("ok", "duplicate", "stale"))
-
-
 @pytest.fixture
 def linked(tmp_path: Path) -> Iterator[tuple[FleetUnderTest, TcpProxy, list[Contract]]]:
     """A fleet whose workers reach the broker through a proxy, busy with a few thousand charges.
@@ -64,28 +60,19 @@ def linked(tmp_path: Path) -> Iterator[tuple[FleetUnderTest, TcpProxy, list[Cont
         fleet.start_workers(processes=2, threads=4, extra={"FLEET_AMQP_URL": via(proxy, fleet.url)})
         fleet.publish(charges)
         fleet.wait_for(
-            lambda: processed(fleet) > 200 and fleet.in_hand() > 0,
+            lambda: fleet.processed() > 200 and fleet.in_hand() > 0,
             timeout_s=60,
             what="the fleet at work, with deliveries in hand",
         )
         yield fleet, proxy, charges
 
 
-def assert_exact(fleet: FleetUnderTest, charges: list[Contract]) -> None:
-    fleet.wait_settled(timeout_s=180)
-    report = fleet.ledger()
-    assert report.ok, report.summary()
-    assert not report.dead_by_reason, report.summary()
-    assert fleet.query("SELECT count(*) FROM billing_charges") == [(len(charges),)]
-    fleet.wait_for(lambda: fleet.in_hand() == 0, timeout_s=30, what="nothing left unacked")
-
-
 def reset_and_recover(fleet: FleetUnderTest, proxy: TcpProxy) -> None:
-    accepted, progress = proxy.accepted, processed(fleet)
+    accepted, progress = proxy.accepted, fleet.processed()
     proxy.reset()
     fleet.wait_for(lambda: proxy.accepted > accepted, 60, "the workers to reconnect")
     fleet.wait_for(
-        lambda: processed(fleet) > progress + 100 or not fleet.expected() - fleet.settled(),
+        lambda: fleet.processed() > progress + 100 or not fleet.expected() - fleet.settled(),
         60,
         "progress after the reset",
     )
@@ -97,7 +84,7 @@ def test_connection_resets_lose_and_double_nothing(
     fleet, proxy, charges = linked
     for _ in range(3):
         reset_and_recover(fleet, proxy)
-    assert_exact(fleet, charges)
+    fleet.assert_charged_exactly_once(len(charges))
     print(f"{proxy.accepted} connections through the proxy")
 
 
@@ -123,7 +110,7 @@ def test_a_stalled_link_is_dropped_by_heartbeats_on_both_sides_and_nothing_is_lo
     fleet.wait_for(lambda: proxy.accepted > accepted, 6 * HEARTBEAT_S, "the workers to reconnect")
     proxy.restore()
 
-    assert_exact(fleet, charges)
+    fleet.assert_charged_exactly_once(len(charges))
     # Deliveries that were in hand when the link stalled came back as redeliveries: processed
     # again and absorbed by the inbox, or moved to the suspect lane first.
     again = [e for e in fleet.events()[seen:] if e["event"] in ("duplicate", "suspect")]
@@ -136,13 +123,13 @@ def test_a_slow_link_slows_the_fleet_without_dropping_connections(
 ) -> None:
     fleet, proxy, charges = linked
     accepted = proxy.accepted
-    before = processed(fleet)
+    before = fleet.processed()
     proxy.slow(0.5)  # each way, on every chunk: a 1 s round trip
-    fleet.wait_for(lambda: processed(fleet) >= before + 50, 60, "progress over the slow link")
+    fleet.wait_for(lambda: fleet.processed() >= before + 50, 60, "progress over the slow link")
     delayed = proxy.delayed_chunks
     proxy.restore()
 
-    assert_exact(fleet, charges)
+    fleet.assert_charged_exactly_once(len(charges))
     assert delayed > 0
     # Slow is not dead: heartbeats keep arriving, late, so no connection was dropped.
     assert proxy.accepted == accepted, "a slow link was mistaken for a dead one"

@@ -48,9 +48,5 @@ def test_a_broker_restart_during_publishing_and_consuming_loses_and_doubles_noth
         fleet.confirmed.update({str(r.message_id): r.message_type for r in results if r.ok})
         assert len({str(s.message_id) for s in sealed} - set(fleet.confirmed)) == 0
 
-        fleet.wait_settled(timeout_s=180)
-        report = fleet.ledger()
-        assert report.ok, report.summary()
-        assert not report.dead_by_reason, report.summary()
+        fleet.assert_charged_exactly_once(len(charges))
         assert publisher.stats.reconnects >= 1
-        assert fleet.query("SELECT count(*) FROM billing_charges") == [(len(charges),)]

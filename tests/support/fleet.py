@@ -116,6 +116,20 @@ class FleetUnderTest:
             time.sleep(0.1)
         raise AssertionError(f"timed out waiting for {what or condition}")
 
+    def processed(self) -> int:
+        """Deliveries handled so far (effects committed, or absorbed by the inbox)."""
+        return sum(1 for e in self.events() if e["event"] in ("ok", "duplicate", "stale"))
+
+    def assert_charged_exactly_once(self, charges: int, timeout_s: float = 180.0) -> None:
+        """Everything settles; the ledger is exact with no dead letter; ``charges`` rows; and
+        the broker holds no delivery unacknowledged."""
+        self.wait_settled(timeout_s=timeout_s)
+        report = self.ledger()
+        assert report.ok, report.summary()
+        assert not report.dead_by_reason, report.summary()
+        assert self.query("SELECT count(*) FROM billing_charges") == [(charges,)]
+        self.wait_for(lambda: self.in_hand() == 0, timeout_s=30, what="nothing left unacked")
+
     def events_for(self, message_id: str) -> list[dict[str, Any]]:
         return [e for e in self.events() if e.get("message_id") == message_id]
 
