@@ -36,10 +36,21 @@ def _time_to_process(fleet: FleetUnderTest, count: int) -> float:
     return time.monotonic() - started
 
 
-def test_network_element_down_pauses_only_provisioning_and_burns_no_attempt(
-    tmp_path: Path,
+# How the network element fails: it answers 503 to everything, or it answers too late (after
+# the call's timeout; it still applies the operation, so the retry meets its idempotency key).
+NETWORK_FAULTS = {
+    "down": ({"failure_rate": 1.0}, {"failure_rate": 0.0}),
+    "slow": ({"latency_ms": 2000}, {"latency_ms": 0}),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(NETWORK_FAULTS))
+def test_network_element_down_or_slow_pauses_only_provisioning_and_burns_no_attempt(
+    tmp_path: Path, fault: str
 ) -> None:
-    with fleet_under_test(tmp_path, env=BREAKER_ENV) as fleet:
+    broken, healed = NETWORK_FAULTS[fault]
+    env = {**BREAKER_ENV, "FLEET_NETWORK_TIMEOUT_S": "0.5"}
+    with fleet_under_test(tmp_path, env=env) as fleet:
         accounts = [uuid.uuid4() for _ in range(20)]
         fleet.start_workers(processes=1, threads=4)
         fleet.publish(
@@ -47,7 +58,7 @@ def test_network_element_down_pauses_only_provisioning_and_burns_no_attempt(
         )
         normal_s = _time_to_process(fleet, 200)
 
-        fleet.simulator(failure_rate=1.0)
+        fleet.simulator(**broken)
         activations = fleet.publish(
             [sample("provisioning.service.activate", account_id=a) for a in accounts],
             "order-management",
@@ -62,7 +73,7 @@ def test_network_element_down_pauses_only_provisioning_and_burns_no_attempt(
         time.sleep(8)  # the outage outlasts the whole retry budget
         activated = {str(r.message_id) for r in activations}
         assert _ok_count(fleet, activated) == 0
-        fleet.simulator(failure_rate=0.0)
+        fleet.simulator(**healed)
 
         fleet.wait_settled(timeout_s=120)
         report = fleet.ledger()
