@@ -464,6 +464,10 @@ def _policy_json(vhost: str, policy: Policy) -> dict[str, Any]:
     }
 
 
+# (node, port) pairs found serving AMQP: each check boots an Erlang VM, listeners rarely move.
+_SERVING: set[tuple[str | None, int]] = set()
+
+
 class RabbitmqctlAdmin:
     """Policies and listings through rabbitmqctl."""
 
@@ -480,6 +484,9 @@ class RabbitmqctlAdmin:
         """Raises TopologyError when the node does not serve ``amqp_port``."""
         if self._verified or self.amqp_port is None:
             return
+        if (self.ctl.node, self.amqp_port) in _SERVING:  # asked before, in this process
+            self._verified = True
+            return
         status = json.loads(self.ctl.run("status", "--formatter", "json") or "{}")
         listeners = status.get("listeners", []) if isinstance(status, dict) else []
         if not serves_amqp(listeners, self.amqp_port):
@@ -490,6 +497,7 @@ class RabbitmqctlAdmin:
                 "management API (--management-url)"
             )
         self._verified = True
+        _SERVING.add((self.ctl.node, self.amqp_port))
 
     def read_state(self, vhost: str) -> BrokerState:
         listings = {
