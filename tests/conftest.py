@@ -8,7 +8,7 @@ import pytest
 
 import dlq.models  # noqa: F401  (the archive's tables on the store's Base, as Alembic sees them)
 from queues.keys import KeyRegistry, ProducerKey
-from tests.support.rabbit import amqp_url, scratch_vhost
+from tests.support.rabbit import amqp_url, rabbitmqctl, scratch_vhost
 
 PRODUCER_TYPES = {
     "order-management": ["provisioning.service.*", "billing.account.open"],
@@ -35,3 +35,21 @@ def vhost() -> Iterator[str]:
 @pytest.fixture
 def vhost_url(vhost: str) -> str:
     return amqp_url(vhost)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_default_vhost_untouched(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tests work in scratch vhosts or on private nodes: the shared broker's ``/`` vhost must end
+    the session with the policies it began with (a private node's policies once landed there)."""
+    if not any(item.get_closest_marker("broker") for item in request.session.items):
+        yield
+        return
+    before = _default_vhost_policies()
+    yield
+    added = _default_vhost_policies() - before
+    assert not added, f"tests set policies on the shared broker's / vhost: {sorted(added)}"
+
+
+def _default_vhost_policies() -> set[str]:
+    listing = rabbitmqctl("list_policies", "-p", "/", "--no-table-headers")
+    return {line.split("\t")[1] for line in listing.splitlines() if "\t" in line}
