@@ -464,7 +464,8 @@ def _policy_json(vhost: str, policy: Policy) -> dict[str, Any]:
     }
 
 
-# (node, port) pairs found serving AMQP: each check boots an Erlang VM, listeners rarely move.
+# (node, port) pairs found serving AMQP, asked once per process: each check boots an Erlang VM
+# and listeners rarely move.
 _SERVING: set[tuple[str | None, int]] = set()
 
 
@@ -478,25 +479,20 @@ class RabbitmqctlAdmin:
         (rabbitmqctl talks to the machine's default node, which may be another broker)."""
         self.ctl = ctl or Rabbitmqctl()
         self.amqp_port = amqp_port
-        self._verified = amqp_port is None
 
     def verify(self) -> None:
         """Raises TopologyError when the node does not serve ``amqp_port``."""
-        if self._verified or self.amqp_port is None:
-            return
-        if (self.ctl.node, self.amqp_port) in _SERVING:  # asked before, in this process
-            self._verified = True
+        if self.amqp_port is None or (self.ctl.node, self.amqp_port) in _SERVING:
             return
         status = json.loads(self.ctl.run("status", "--formatter", "json") or "{}")
         listeners = status.get("listeners", []) if isinstance(status, dict) else []
         if not serves_amqp(listeners, self.amqp_port):
-            node = self.ctl.node or (status.get("node") if isinstance(status, dict) else None)
+            node = f"node {self.ctl.node}" if self.ctl.node else "the default node"
             raise TopologyError(
-                f"rabbitmqctl reaches node {node or '(default)'}, which does not serve AMQP on "
-                f"port {self.amqp_port}: name the broker's node (--node) or use its "
-                "management API (--management-url)"
+                f"rabbitmqctl reaches {node}, which does not serve AMQP on port "
+                f"{self.amqp_port}: name the broker's node (--node) or use its management API "
+                "(--management-url)"
             )
-        self._verified = True
         _SERVING.add((self.ctl.node, self.amqp_port))
 
     def read_state(self, vhost: str) -> BrokerState:
