@@ -6,8 +6,9 @@ The work is in queues.topology and queues.roles; this module only reads settings
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import TypeVar, cast
 
 import typer
 from rich.table import Table
@@ -65,8 +66,27 @@ def _via(via: str) -> PolicyVia:
     return cast(PolicyVia, via)
 
 
-def _ctl(node: str | None) -> Rabbitmqctl | None:
-    return Rabbitmqctl(node) if node else None
+Report = TypeVar("Report")
+
+
+def _against_broker(
+    action: Callable[..., Report],
+    url: str | None,
+    management_url: str | None,
+    via: str,
+    node: str | None,
+) -> Report:
+    """``apply`` or ``check`` on the broker the options name; a one-line error otherwise."""
+    try:
+        return action(
+            _url(url),
+            _config(),
+            via=_via(via),
+            management_url=management_url,
+            ctl=Rabbitmqctl(node) if node else None,
+        )
+    except TopologyError as exc:
+        fail(exc.message)
 
 
 def _config() -> TopologyConfig:
@@ -85,12 +105,7 @@ def apply_command(
     json_output: bool = JsonOption,
 ) -> None:
     """Declare exchanges, queues and bindings; set policies. Idempotent; never deletes."""
-    try:
-        report = apply(
-            _url(url), _config(), via=_via(via), management_url=management_url, ctl=_ctl(node)
-        )
-    except TopologyError as exc:
-        fail(exc.message)
+    report = _against_broker(apply, url, management_url, via, node)
     if json_output:
         emit_json(report.to_json())
         return
@@ -117,12 +132,7 @@ def check_command(
     json_output: bool = JsonOption,
 ) -> None:
     """Compare the broker with the topology; exit 1 when anything differs, saying what to do."""
-    try:
-        report = check(
-            _url(url), _config(), via=_via(via), management_url=management_url, ctl=_ctl(node)
-        )
-    except TopologyError as exc:
-        fail(exc.message)
+    report = _against_broker(check, url, management_url, via, node)
     if json_output:
         emit_json(report.to_json())
     elif report.ok:
