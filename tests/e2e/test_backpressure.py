@@ -9,13 +9,11 @@ confirmed, the way the publisher contract asks an upstream to; the workers drain
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from queues.publisher import PublishResult, PublishStatus
+from queues.publisher import PublishStatus
 from tests.e2e.test_faults import workload
 from tests.support.fleet import fleet_under_test
 from tests.support.rabbit import private_node
@@ -36,19 +34,8 @@ def test_a_burst_against_a_full_queue_and_a_memory_alarm_loses_nothing_published
         fleet.publish(opens, "order-management")
         publisher = fleet.publisher("fleet")
         publisher.confirm_timeout_s = 5
-        sealed = [publisher.seal(c) for c in charges]
-        results: list[PublishResult] = []
-
-        def burst() -> None:
-            pending = list(sealed)
-            while pending:
-                results.extend(publisher.publish_batch(pending))
-                confirmed = {r.message_id for r in results if r.ok}
-                pending = [s for s in pending if str(s.message_id) not in confirmed]
-                time.sleep(0.5)  # an upstream backs off before it publishes the rest again
-
-        publishing = threading.Thread(target=burst)
-        publishing.start()
+        # All at once, then again every 0.5 s (an upstream backs off) what was not confirmed.
+        upstream = fleet.upstream(charges, batch=len(charges), backoff_s=0.5)
         fleet.wait_for(
             lambda: publisher.stats.nacked > 0, timeout_s=60, what="a full queue refusing publishes"
         )
@@ -67,12 +54,9 @@ def test_a_burst_against_a_full_queue_and_a_memory_alarm_loses_nothing_published
         )
         node.ctl("set_vm_memory_high_watermark", "0.4")
 
-        publishing.join(240)
-        assert not publishing.is_alive(), "the burst never got all its messages confirmed"
-        fleet.confirmed.update({str(r.message_id): r.message_type for r in results if r.ok})
-        assert {str(s.message_id) for s in sealed} <= set(fleet.confirmed)
+        upstream.finish(timeout_s=240)
         print(publisher.stats)
-        refused = {r.status for r in results if not r.ok}
+        refused = {r.status for r in upstream.results if not r.ok}
         assert PublishStatus.NACKED in refused, "max-length never refused a publish"
 
         fleet.assert_charged_exactly_once(len(charges))

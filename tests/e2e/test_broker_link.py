@@ -17,7 +17,7 @@ import pytest
 from queues.contracts import Contract
 from tests.e2e.test_faults import workload
 from tests.support.fleet import FleetUnderTest, fleet_under_test
-from tests.support.rabbit import AMQP_HOST, AMQP_PORT, rabbitmqctl
+from tests.support.rabbit import AMQP_HOST, AMQP_PORT, vhost_connections
 from tests.support.tcp_proxy import TcpProxy, tcp_proxy
 
 pytestmark = [pytest.mark.broker, pytest.mark.db, pytest.mark.slow]
@@ -39,12 +39,7 @@ def via(proxy: TcpProxy, url: str) -> str:
 
 def broker_peer_ports(vhost: str) -> set[int]:
     """Client ports of the connections the broker holds open in ``vhost``."""
-    ports = set()
-    for line in rabbitmqctl("list_connections", "vhost", "peer_port").splitlines():
-        name, _, port = line.partition("\t")
-        if name == vhost and port.strip().isdigit():
-            ports.add(int(port))
-    return ports
+    return {int(port) for port in vhost_connections(vhost, "peer_port") if port.isdigit()}
 
 
 @pytest.fixture

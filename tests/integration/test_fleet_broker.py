@@ -27,7 +27,7 @@ import pytest
 from dramatiq.errors import QueueNotFound
 
 from queues.topology import TopologyConfig, apply, desired_topology
-from tests.support.rabbit import amqp_url, rabbitmqctl, scratch_vhost
+from tests.support.rabbit import amqp_url, rabbitmqctl, scratch_vhost, vhost_connections
 from workers.broker import Delivery, FleetBroker, FleetConsumer, FleetMessageProxy, Settlement
 from workers.middleware import FleetLifecycleMiddleware
 
@@ -563,9 +563,7 @@ def only_connection(vhost: str) -> str:
     """The pid of the one connection in ``vhost`` (probes' closed ones may linger a moment)."""
     deadline = time.monotonic() + WAIT_S
     while True:
-        # The table format prints pids the way close_connection takes them (JSON does not).
-        lines = rabbitmqctl("list_connections", "pid", "vhost").splitlines()
-        pids = [pid for pid, _, v in (line.partition("\t") for line in lines) if v == vhost]
+        pids = vhost_connections(vhost)
         if len(pids) == 1:
             return pids[0]
         if time.monotonic() > deadline:

@@ -18,7 +18,7 @@ from queues.publisher import Publisher, PublishStatus
 from queues.topology import TopologyConfig, apply, queues_of
 from tests.support.broker_state import drain_message_ids, queue_depth
 from tests.support.factories import sample
-from tests.support.rabbit import rabbitmqctl
+from tests.support.rabbit import rabbitmqctl, vhost_connections
 from workers.cli import app
 
 pytestmark = pytest.mark.broker
@@ -124,12 +124,9 @@ def test_a_missing_exchange_fails_the_message_and_the_publisher_recovers(
 def _close_connections(vhost: str, stop: threading.Event) -> int:
     closed = 0
     while not stop.is_set() and closed < 3:
-        # The table format prints pids the way close_connection takes them (JSON does not).
-        for line in rabbitmqctl("list_connections", "pid", "vhost").splitlines():
-            pid, _, connection_vhost = line.partition("\t")
-            if connection_vhost == vhost:
-                rabbitmqctl("close_connection", pid, "test: kill publisher")
-                closed += 1
+        for pid in vhost_connections(vhost):
+            rabbitmqctl("close_connection", pid, "test: kill publisher")
+            closed += 1
         time.sleep(0.3)
     return closed
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -70,6 +71,12 @@ class FleetUnderTest:
 
     def seal(self, payload: Contract, producer: str = "fleet", **options: Any) -> SealedMessage:
         return seal(payload, self.keys.sealing_key(producer), **options)
+
+    def upstream(
+        self, payloads: Iterable[Contract], *, batch: int, backoff_s: float = 0.0
+    ) -> Upstream:
+        """Publish ``payloads`` in the background until every one is confirmed."""
+        return Upstream(self, self.publisher("fleet"), list(payloads), batch, backoff_s)
 
     # -- observing ----------------------------------------------------------------------------
 
@@ -185,6 +192,48 @@ class FleetUnderTest:
         self.local.stop_all()
 
 
+class Upstream:
+    """What the publisher contract asks of an upstream: publish again, with the same message id,
+    whatever was not confirmed (in batches of ``batch``, ``backoff_s`` between rounds)."""
+
+    def __init__(
+        self,
+        fleet: FleetUnderTest,
+        publisher: Publisher,
+        payloads: list[Contract],
+        batch: int,
+        backoff_s: float,
+    ) -> None:
+        self.fleet = fleet
+        self.publisher = publisher
+        self.sealed = [publisher.seal(p) for p in payloads]
+        self.batch = batch
+        self.backoff_s = backoff_s
+        self.results: list[PublishResult] = []
+        self._thread = threading.Thread(target=self._publish, daemon=True)
+        self._thread.start()
+
+    def _publish(self) -> None:
+        pending = list(self.sealed)
+        while pending:
+            for start in range(0, len(pending), self.batch):
+                self.results.extend(
+                    self.publisher.publish_batch(pending[start : start + self.batch])
+                )
+            confirmed = {r.message_id for r in self.results if r.ok}
+            pending = [s for s in pending if str(s.message_id) not in confirmed]
+            time.sleep(self.backoff_s)
+
+    def finish(self, timeout_s: float) -> None:
+        """Wait until everything is confirmed; the fleet's ledger then expects all of it."""
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), "the upstream never got all its messages confirmed"
+        self.fleet.confirmed.update(
+            {str(r.message_id): r.message_type for r in self.results if r.ok}
+        )
+        assert {str(s.message_id) for s in self.sealed} <= set(self.fleet.confirmed)
+
+
 @contextlib.contextmanager
 def fleet_under_test(
     tmp_path: Path,
@@ -255,4 +304,4 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-__all__ = ["DOMAINS", "FleetUnderTest", "Supervisor", "fleet_under_test", "new_id"]
+__all__ = ["DOMAINS", "FleetUnderTest", "Supervisor", "Upstream", "fleet_under_test", "new_id"]

@@ -40,6 +40,15 @@ def amqp_url(
     return f"amqp://{user}:{password}@{AMQP_HOST}:{port}/{quote(vhost, safe='')}"
 
 
+def vhost_connections(vhost: str, column: str = "pid") -> list[str]:
+    """One ``column`` of each connection the shared broker holds in ``vhost``.
+
+    The table format prints pids the way ``close_connection`` takes them (JSON does not).
+    """
+    lines = rabbitmqctl("list_connections", column, "vhost").splitlines()
+    return [value for value, _, v in (line.partition("\t") for line in lines) if v == vhost]
+
+
 @contextlib.contextmanager
 def scratch_vhost(prefix: str = "test") -> Iterator[str]:
     """A fresh vhost that guest may use fully; deleted afterwards with everything in it."""
