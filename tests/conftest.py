@@ -8,6 +8,7 @@ import pytest
 
 import dlq.models  # noqa: F401  (the archive's tables on the store's Base, as Alembic sees them)
 from queues.keys import KeyRegistry, ProducerKey
+from tests.support import janitor
 from tests.support.rabbit import amqp_url, rabbitmqctl, scratch_vhost
 
 PRODUCER_TYPES = {
@@ -53,3 +54,8 @@ def shared_default_vhost_untouched(request: pytest.FixtureRequest) -> Iterator[N
 def _default_vhost_policies() -> set[str]:
     listing = rabbitmqctl("list_policies", "-p", "/", "--no-table-headers")
     return {line.split("\t")[1] for line in listing.splitlines() if "\t" in line}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Wait for the background clean-up (schemas, vhosts); a failed one fails the run."""
+    janitor.finish()

@@ -55,6 +55,7 @@ from queues.keys import KeyRegistry, ProducerKey
 from queues.publisher import Publisher, PublishResult
 from queues.topology import DOMAINS, Rabbitmqctl, TopologyConfig, TopologyError, apply, queues_of
 from workers.commands.db import alembic_config
+from workers.events import EventLog
 from workers.ledger import DeadLetter, LedgerReport, check_ledger, drain_dead_letters
 from workers.lifecycle import domain_of
 from workers.local import LocalFleet
@@ -213,30 +214,6 @@ class DemoFleet(LocalFleet):
 
 
 # ── reading the outcome events ─────────────────────────────────────────────────────────────────
-
-
-class EventTail:
-    """Reads the events file incrementally (several processes append whole lines to it)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._offset = 0
-        self._partial = b""
-
-    def read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        with self.path.open("rb") as handle:
-            handle.seek(self._offset)
-            data = handle.read()
-        self._offset += len(data)
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        events = []
-        for line in lines:
-            with contextlib.suppress(ValueError):
-                events.append(json.loads(line))
-        return events
 
 
 def percentile(values: list[float], share: float) -> float | None:
@@ -714,7 +691,7 @@ class DemoRun:
         self.fleet = DemoFleet({}, self.sandbox.log_dir)
         self.publishers: dict[str, Publisher] = {}
         self.sealed: dict[str, SealedMessage] = {}
-        self.tail = EventTail(self.sandbox.events_file)
+        self.tail = EventLog(self.sandbox.events_file)
         self.tally = Tally()
         self.expected = Expected()
         self.keys: KeyRegistry | None = None
@@ -764,7 +741,7 @@ class DemoRun:
         self.say(f"fleet stopped (SIGTERM), exit code {worker_exit_code}")
         network = _network_stats(network_url)
         self.fleet.stop_all(STOP_TIMEOUT_S)
-        for event in self.tail.read():
+        for event in self.tail.refresh():
             self.tally.add(event)  # anything written while stopping
 
         assert self.engine is not None
@@ -841,14 +818,14 @@ class DemoRun:
 
     def _poll(
         self,
-        tail: EventTail,
+        tail: EventLog,
         pending: list[Deferred],
         progress: Progress,
         settled: TaskID,
         published: TaskID,
     ) -> list[Deferred]:
         _supervise(self.fleet)
-        for event in tail.read():
+        for event in tail.refresh():
             self.tally.add(event)
         assert self.engine is not None
         self.expected.refresh_follow_ups(self.engine)

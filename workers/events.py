@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,9 @@ from typing import Any
 log = logging.getLogger("fleet.events")
 
 FAILURE_KINDS = frozenset({"retried", "dead", "suspect", "requeued"})
+# A delivery is finished: its effects committed or absorbed (handled), or it was dead-lettered.
+HANDLED_KINDS = frozenset({"ok", "duplicate", "stale"})
+FINAL_KINDS = HANDLED_KINDS | {"dead"}
 
 Subscriber = Callable[[dict[str, Any]], None]
 
@@ -68,3 +73,58 @@ def read_events(path: Path) -> list[dict[str, Any]]:
         except ValueError:
             continue
     return events
+
+
+class EventLog:
+    """An events file read incrementally, for whoever watches a fleet (tests, demo, bench).
+
+    Each ``refresh`` reads only the bytes appended since the last one and parses only whole
+    lines (a line another process is still writing waits for its end), so polling costs what
+    is new, not the whole file. It keeps every event and the tallies watchers ask for.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.events: list[dict[str, Any]] = []
+        self.kinds: Counter[str] = Counter()
+        self.by_id: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
+        #: (message id, work queue) of each delivery that reached a final outcome.
+        self.settled: set[tuple[str, str]] = set()
+        self._offset = 0
+        self._partial = b""
+        self._lock = threading.Lock()
+
+    @property
+    def handled(self) -> int:
+        """Deliveries handled so far (effects committed, or absorbed by the inbox)."""
+        return sum(self.kinds[kind] for kind in HANDLED_KINDS)
+
+    def refresh(self) -> list[dict[str, Any]]:
+        """Read what was appended since the last call; returns the new events."""
+        with self._lock:
+            try:
+                with self.path.open("rb") as handle:
+                    handle.seek(self._offset)
+                    data = handle.read()
+            except FileNotFoundError:
+                return []
+            self._offset += len(data)
+            lines = (self._partial + data).split(b"\n")
+            self._partial = lines.pop()
+            fresh = []
+            for line in lines:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(event, dict) and "event" in event:
+                    fresh.append(event)
+            for event in fresh:
+                kind = event["event"]
+                self.kinds[kind] += 1
+                message_id = str(event.get("message_id"))
+                self.by_id[message_id].append(event)
+                if kind in FINAL_KINDS:
+                    self.settled.add((message_id, str(event.get("queue", "")).split(".")[0]))
+            self.events.extend(fresh)
+            return fresh

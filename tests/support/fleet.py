@@ -1,4 +1,12 @@
-"""A real fleet for end-to-end tests: scratch vhost, migrated schema, keys, simulator, workers."""
+"""A real fleet for end-to-end tests: scratch vhost, migrated schema, keys, simulator, workers.
+
+Cheap to set up and tear down, so the suite can afford one per scenario: the vhost with its
+permissions, policies, exchanges, queues and bindings is one definitions import (one rabbitmqctl
+call), the schema is a copy of the Alembic-migrated template (tests/support/db.py), both made at
+once; the network simulator runs in this process. Teardown SIGKILLs the fleet's processes (a
+test whose subject is a graceful stop stops them itself first) and leaves dropping the schema
+and the vhost to the background janitor.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,20 +25,65 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine, text
 
+from handlers.network_sim import NetworkSimulatorServer, SimulatedNetwork, serve_in_thread
+from handlers.store.db import make_engine
 from queues.contracts import Contract
 from queues.envelope import SealedMessage, seal
 from queues.keys import KeyRegistry, ProducerKey
 from queues.publisher import Outgoing, Publisher, PublishResult
-from queues.topology import DOMAINS, Rabbitmqctl, TopologyConfig, apply, queues_of
+from queues.topology import DOMAINS, TopologyConfig, definitions, queues_of
 from tests.conftest import PRODUCER_TYPES
+from tests.support import janitor
 from tests.support.broker_state import queue_depth
-from tests.support.db import DATABASE_URL, migrated_schema
-from tests.support.rabbit import PrivateNode, amqp_url, rabbitmqctl, scratch_vhost
-from workers.events import read_events
+from tests.support.db import (
+    DATABASE_URL,
+    create_migrated_schema,
+    drop_schema,
+    new_schema_name,
+    require_database,
+)
+from tests.support.rabbit import (
+    PrivateNode,
+    amqp_url,
+    delete_vhost,
+    import_definitions,
+    rabbitmqctl,
+    vhost_definitions,
+)
+from workers.events import FINAL_KINDS, EventLog
 from workers.ledger import LedgerReport, check_ledger, drain_dead_letters
 from workers.local import LocalFleet
 
-FINAL_EVENTS = frozenset({"ok", "duplicate", "stale", "dead"})
+FINAL_EVENTS = FINAL_KINDS
+# rabbitmqctl boots an Erlang VM per call (~0.5 s of CPU): never poll it faster than this.
+RABBITMQCTL_POLL_S = 0.5
+
+
+def poll(
+    condition: Callable[[], object],
+    timeout_s: float,
+    what: str,
+    *,
+    first_s: float = 0.05,
+    cap_s: float = 0.5,
+    between: Callable[[], None] | None = None,
+) -> None:
+    """Return once ``condition()`` is true; the pause between tries grows ×1.5 up to ``cap_s``.
+
+    Raises:
+        AssertionError: naming ``what``, when ``timeout_s`` passes first.
+    """
+    deadline = time.monotonic() + timeout_s
+    pause = first_s
+    while True:
+        if between is not None:
+            between()
+        if condition():
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(pause)
+        pause = min(cap_s, pause * 1.5)
 
 
 @dataclass
@@ -44,6 +98,9 @@ class FleetUnderTest:
     node: PrivateNode | None = None
     confirmed: dict[str, str] = field(default_factory=dict)
     publishers: dict[str, Publisher] = field(default_factory=dict)
+    network: SimulatedNetwork | None = None
+    _log: EventLog | None = None
+    _last_listing_at: float = 0.0
 
     # -- publishing ---------------------------------------------------------------------------
 
@@ -80,15 +137,19 @@ class FleetUnderTest:
 
     # -- observing ----------------------------------------------------------------------------
 
+    @property
+    def log(self) -> EventLog:
+        """The fleet's outcome events, read incrementally (one reader per fleet)."""
+        if self._log is None:
+            self._log = EventLog(self.events_file)
+        self._log.refresh()
+        return self._log
+
     def events(self) -> list[dict[str, Any]]:
-        return read_events(self.events_file) if self.events_file.exists() else []
+        return list(self.log.events)
 
     def settled(self) -> set[tuple[str, str]]:
-        return {
-            (str(e.get("message_id")), str(e.get("queue", "")).split(".")[0])
-            for e in self.events()
-            if e["event"] in FINAL_EVENTS
-        }
+        return set(self.log.settled)
 
     def expected(self) -> set[tuple[str, str]]:
         with self.engine.connect() as connection:
@@ -98,34 +159,29 @@ class FleetUnderTest:
         everything = {**self.confirmed, **{str(m): t for m, t in follow_ups}}
         return {(m, q) for m, t in everything.items() for q in queues_of(t)}
 
+    def missing(self) -> set[tuple[str, str]]:
+        """Deliveries expected that have no final outcome yet."""
+        return self.expected() - self.log.settled
+
     def wait_settled(
         self, timeout_s: float = 90.0, supervise: Callable[[], None] | None = None
     ) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if supervise is not None:
-                supervise()
-            missing = self.expected() - self.settled()
-            if not missing:
-                return
-            time.sleep(0.2)
-        raise AssertionError(
-            f"not settled within {timeout_s} s: {sorted(missing)[:5]} … ({len(missing)})"
-        )
+        try:
+            poll(lambda: not self.missing(), timeout_s, "every delivery settled", between=supervise)
+        except AssertionError:
+            missing = self.missing()
+            raise AssertionError(
+                f"not settled within {timeout_s} s: {sorted(missing)[:5]} … ({len(missing)})"
+            ) from None
 
     def wait_for(
         self, condition: Callable[[], bool], timeout_s: float = 30.0, what: str = ""
     ) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what or condition}")
+        poll(condition, timeout_s, what or str(condition))
 
     def processed(self) -> int:
         """Deliveries handled so far (effects committed, or absorbed by the inbox)."""
-        return sum(1 for e in self.events() if e["event"] in ("ok", "duplicate", "stale"))
+        return self.log.handled
 
     def assert_charged_exactly_once(self, charges: int, timeout_s: float = 180.0) -> None:
         """Everything settles; the ledger is exact with no dead letter; ``charges`` rows; and
@@ -138,7 +194,7 @@ class FleetUnderTest:
         self.wait_for(lambda: self.in_hand() == 0, timeout_s=30, what="nothing left unacked")
 
     def events_for(self, message_id: str) -> list[dict[str, Any]]:
-        return [e for e in self.events() if e.get("message_id") == message_id]
+        return list(self.log.by_id.get(message_id, ()))
 
     def ledger(self, poison: Iterable[str] = ()) -> LedgerReport:
         report = check_ledger(
@@ -158,7 +214,13 @@ class FleetUnderTest:
         return counts[queue]
 
     def unacked_by_queue(self) -> dict[str, int]:
-        """Every queue of the vhost ▶ deliveries the broker waits to hear about."""
+        """Every queue of the vhost ▶ deliveries the broker waits to hear about.
+
+        Only rabbitmqctl knows; called in a loop, it waits so as to ask at most every
+        ``RABBITMQCTL_POLL_S``.
+        """
+        time.sleep(max(0.0, self._last_listing_at + RABBITMQCTL_POLL_S - time.monotonic()))
+        self._last_listing_at = time.monotonic()
         args = ("list_queues", "-p", self.vhost, "name", "messages_unacknowledged")
         listing = self.node.ctl(*args) if self.node else rabbitmqctl(*args)
         counts = {}
@@ -187,9 +249,11 @@ class FleetUnderTest:
         return self.local.start_workers(**options)
 
     def close(self) -> None:
+        """Publishers closed, every process of the fleet SIGKILLed (the test is over: a graceful
+        stop would prove nothing more and cost seconds)."""
         for publisher in self.publishers.values():
             publisher.close()
-        self.local.stop_all()
+        self.local.kill_all()
 
 
 class Upstream:
@@ -246,13 +310,30 @@ def fleet_under_test(
     """Everything a real fleet needs, isolated; all of it removed afterwards.
 
     ``node``: a broker of the test's own (its vhost ``/``) instead of a scratch vhost on the
-    shared one; its policies are set with rabbitmqctl on that node.
+    shared one; the topology and its policies are imported into that node.
     """
-    vhosts = contextlib.nullcontext("/") if node else scratch_vhost("e2e")
-    with vhosts as vhost, migrated_schema() as (engine, schema):
+    require_database()
+    config = TopologyConfig(retry_tiers_s=tiers, **topology)
+    vhost = "/" if node else f"e2e-{uuid.uuid4().hex[:10]}"
+    schema = new_schema_name()
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(janitor.later, f"drop schema {schema}", drop_schema, schema)
+        if node is None:
+            cleanup.callback(janitor.later, f"delete vhost {vhost}", delete_vhost, vhost)
+            declaration = vhost_definitions(vhost, config)
+        else:
+            declaration = definitions(config, vhost)
+        with ThreadPoolExecutor(max_workers=2) as pool:  # broker and database at once
+            broker = pool.submit(import_definitions, declaration, node.name if node else None)
+            database = pool.submit(create_migrated_schema, schema)
+            broker.result()
+            database.result()
+        engine = make_engine(DATABASE_URL, schema, pool_size=10, max_overflow=0)
+        cleanup.callback(engine.dispose)
+        network = SimulatedNetwork()
+        server, _thread = serve_in_thread(network)
+        cleanup.callback(janitor.later, "stop the network simulator", _stop_simulator, server)
         url = node.amqp_url(vhost) if node else amqp_url(vhost)
-        ctl = Rabbitmqctl(node.name) if node else None
-        apply(url, TopologyConfig(retry_tiers_s=tiers, **topology), ctl=ctl)
         keys = KeyRegistry(ProducerKey.generate(p, t) for p, t in PRODUCER_TYPES.items())
         keys_file = tmp_path / "keys.json"
         keys.save(keys_file)
@@ -266,6 +347,7 @@ def fleet_under_test(
             "FLEET_RETRY_TIERS_S": json.dumps(list(tiers)),
             "FLEET_SHUTDOWN_TIMEOUT_S": "10",
             "FLEET_NETWORK_ATTEMPTS": "1",
+            "FLEET_NETWORK_URL": server.url,
             **(env or {}),
         }
         fleet = FleetUnderTest(
@@ -277,12 +359,15 @@ def fleet_under_test(
             keys=keys,
             local=LocalFleet(settings, tmp_path / "logs"),
             events_file=events_file,
+            network=network,
         )
-        try:
-            fleet.local.start_simulator()
-            yield fleet
-        finally:
-            fleet.close()
+        cleanup.callback(fleet.close)
+        yield fleet
+
+
+def _stop_simulator(server: NetworkSimulatorServer) -> None:
+    server.shutdown()
+    server.server_close()
 
 
 class Supervisor:
