@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 import sentry_sdk
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
+from sentry_sdk.types import Event, Hint
 
 from queues.envelope import OpenedMessage, seal
 from queues.errors import NotYet
@@ -44,7 +46,8 @@ def transport(monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingTransport]:
     recording = RecordingTransport()
     monkeypatch.setattr(fleet_sentry, "_initialised_pid", None)
     assert fleet_sentry.init_sentry(DSN, environment="test", transport=recording)
-    yield recording
+    with sentry_sdk.isolation_scope():
+        yield recording
     sentry_sdk.get_client().close()
     sentry_sdk.get_global_scope().set_client(None)
 
@@ -66,12 +69,22 @@ def test_no_integration_is_installed_least_of_all_dramatiq(transport: RecordingT
 
 
 def test_a_retried_message_sends_nothing_a_dead_letter_one_tagged_event(
-    keys: KeyRegistry, transport: RecordingTransport
+    keys: KeyRegistry, transport: RecordingTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a lifecycle reporting dead letters to Sentry
-    def not_yet(queue: str, opened: OpenedMessage) -> str:
-        raise NotYet(f"account of {opened.header.message_type} not open yet")
+    # Given a lifecycle reporting dead letters to Sentry, and a careless handler that leaves
+    # the decrypted payload everywhere Sentry reads from (scope, exception text) before failing
+    decrypted: list[str] = []
 
+    def not_yet(queue: str, opened: OpenedMessage) -> str:
+        payload = opened.payload.model_dump(mode="json")
+        decrypted.append(payload["name"])
+        sentry_sdk.set_extra("payload", payload)
+        sentry_sdk.set_context("customer", {"name": payload["name"]})
+        sentry_sdk.set_user({"username": payload["name"]})
+        sentry_sdk.add_breadcrumb(message=f"upserting {payload['name']}")
+        raise NotYet(f"account of {payload['name']} not open yet")
+
+    before_scrubbing = record_events_before_scrubbing(monkeypatch)
     driven = drive(keys, not_yet, max_attempts=2)
     driven.events.subscribe(fleet_sentry.report_dead_letter)
     key = keys.sealing_key("self-care")
@@ -112,7 +125,26 @@ def test_a_retried_message_sends_nothing_a_dead_letter_one_tagged_event(
         "crm.customer.upsert",
         "authentication_failed",
     ]
+    # The payload was decrypted and its secret reached both dead-letter events, scope and all;
+    # what Sentry sends has none of it
+    assert decrypted == [SECRET, SECRET]
+    assert len(before_scrubbing) == 2
+    assert all(SECRET in event for event in before_scrubbing)
     assert SECRET.encode() not in transport.raw()
+
+
+def record_events_before_scrubbing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Events as they reach the client's ``before_send`` (whatever init set it to), as JSON."""
+    options = sentry_sdk.get_client().options
+    configured = options["before_send"]
+    seen: list[str] = []
+
+    def record_then_scrub(event: Event, hint: Hint) -> Event | None:
+        seen.append(json.dumps(event, default=str))
+        return configured(event, hint) if configured is not None else event
+
+    monkeypatch.setitem(options, "before_send", record_then_scrub)
+    return seen
 
 
 def test_the_scrubber_drops_other_events_and_strips_what_may_hold_payload(
