@@ -1,25 +1,44 @@
-"""Property tests: whatever arrives, the opener answers with a documented typed error or a model."""
+"""Property tests: whatever arrives, the opener answers with a documented typed error, or opens
+to exactly what was sealed: an altered envelope never opens."""
 
 from __future__ import annotations
 
+import base64
 import json
+from datetime import UTC, datetime
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from joserfc.errors import JoseError
+from pydantic import ValidationError
 
-from queues.contracts import MESSAGE_TYPES
-from queues.envelope import open_envelope, seal
-from queues.errors import ENVELOPE_ERRORS, EnvelopeError
+from queues.contracts import MESSAGE_TYPES, model_for
+from queues.envelope import (
+    EnvelopeHeader,
+    OpenedMessage,
+    open_envelope,
+    peek_header,
+    peek_raw_header,
+    seal,
+)
+from queues.errors import (
+    ENVELOPE_ERRORS,
+    AuthenticationFailed,
+    EnvelopeError,
+    InvalidHeader,
+    InvalidPayload,
+)
 from queues.keys import KeyRegistry, ProducerKey
 from tests.support.factories import sample
-from tests.support.jose import header_for, seal_raw
+from tests.support.jose import b64, header_for, seal_raw
 
 KEYS = KeyRegistry([ProducerKey.generate("fleet", ["billing.*", "crm.*", "provisioning.*"])])
 KEY = KEYS.sealing_key("fleet")
 VALID = [seal(sample(t), KEY).body for t in MESSAGE_TYPES]
 DOCUMENTED = tuple(ENVELOPE_ERRORS)
+BASE64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+HEADER, IV, CIPHERTEXT, TAG = 0, 2, 3, 4  # parts of a compact JWE (1 is the empty key)
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 json_values = st.recursive(
@@ -31,38 +50,123 @@ json_values = st.recursive(
 )
 
 
-def opens_or_fails_as_documented(body: bytes) -> None:
+def rfc3339(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def opened_or_documented_error(body: bytes) -> OpenedMessage | EnvelopeError:
+    """The opened message, or the error it fails with, which must be a documented one."""
     try:
-        open_envelope(body, KEYS)
+        return open_envelope(body, KEYS)
     except EnvelopeError as exc:
         assert type(exc) in DOCUMENTED, type(exc)
         assert exc.__cause__ is None
         assert exc.reason in {e.reason for e in DOCUMENTED}
+        return exc
+
+
+def fails_as_documented(body: bytes) -> EnvelopeError:
+    outcome = opened_or_documented_error(body)
+    assert isinstance(outcome, EnvelopeError), f"opened: {outcome.header}"
+    return outcome
+
+
+def opens_unaltered_or_fails_as_documented(body: bytes, original: bytes) -> None:
+    """A changed ``original`` either fails as documented or opens to exactly the original; the
+    latter only when nothing authenticated changed (bits base64url ignores, or no change)."""
+    outcome = opened_or_documented_error(body)
+    if isinstance(outcome, OpenedMessage):
+        assert authenticated_parts(body) == authenticated_parts(original), "altered, yet opened"
+        assert outcome == open_envelope(original, KEYS)
+
+
+def authenticated_parts(body: bytes) -> tuple[bytes, ...]:
+    """What AES-GCM authenticates: the header segment as sent (the AAD), IV, ciphertext, tag."""
+    header, _key, *rest = body.split(b".")
+    return (header, *(unb64(part) for part in rest))
+
+
+def body_of(document: dict[str, Any]) -> bytes:
+    return json.dumps(document).encode()
+
+
+def unb64(part: bytes) -> bytes:
+    return base64.urlsafe_b64decode(part + b"=" * (-len(part) % 4))
+
+
+def with_part(body: bytes, index: int, part: bytes) -> bytes:
+    parts = body.split(b".")
+    parts[index] = part
+    return b".".join(parts)
 
 
 @FUZZ
 @given(st.binary(max_size=2048))
 def test_random_bytes_get_a_typed_error(body: bytes) -> None:
-    opens_or_fails_as_documented(body)
+    fails_as_documented(body)
 
 
 @FUZZ
 @given(
     st.sampled_from(VALID),
-    st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), min_size=1, max_size=6),
+    st.lists(
+        st.tuples(st.integers(min_value=0), st.integers(0, 255) | st.sampled_from(BASE64URL)),
+        min_size=1,
+        max_size=6,
+    ),
 )
 def test_mutated_envelopes_get_a_typed_error(body: bytes, edits: list[tuple[int, int]]) -> None:
     mutated = bytearray(body)
     for position, value in edits:
         mutated[position % len(mutated)] = value
-    opens_or_fails_as_documented(bytes(mutated))
+    opens_unaltered_or_fails_as_documented(bytes(mutated), body)
 
 
 @FUZZ
 @given(st.sampled_from(VALID), st.integers(min_value=0), st.integers(min_value=0))
 def test_truncated_or_spliced_envelopes_get_a_typed_error(body: bytes, cut: int, at: int) -> None:
-    opens_or_fails_as_documented(body[: cut % len(body)])
-    opens_or_fails_as_documented(body[: at % len(body)] + body)
+    fails_as_documented(body[: cut % len(body)])
+    opens_unaltered_or_fails_as_documented(body[: at % len(body)] + body, body)
+
+
+@FUZZ
+@given(
+    st.sampled_from(VALID),
+    st.sampled_from([IV, CIPHERTEXT, TAG]),
+    st.integers(min_value=0),
+    st.integers(1, 255),
+)
+def test_an_altered_iv_ciphertext_or_tag_fails_authentication(
+    body: bytes, index: int, position: int, mask: int
+) -> None:
+    raw = bytearray(unb64(body.split(b".")[index]))
+    raw[position % len(raw)] ^= mask
+    altered = with_part(body, index, b64(bytes(raw)))
+    assert isinstance(fails_as_documented(altered), AuthenticationFailed)
+
+
+@FUZZ
+@given(
+    st.sampled_from(VALID),
+    st.one_of(
+        st.tuples(st.just("message_id"), st.uuids().map(str)),
+        st.tuples(st.just("correlation_id"), st.uuids().map(str)),
+        st.tuples(st.just("created_at"), st.datetimes(timezones=st.just(UTC)).map(rfc3339)),
+        st.tuples(st.just("message_type"), st.sampled_from(MESSAGE_TYPES)),
+        st.tuples(st.just("schema_version"), st.integers(1, 3)),
+        st.tuples(st.text(max_size=12).map(lambda name: f"x-{name}"), json_values),
+    ),
+    st.booleans(),
+)
+def test_a_rewritten_protected_header_fails_authentication(
+    body: bytes, change: tuple[str, Any], reorder: bool
+) -> None:
+    # A header that still validates, under the same key: only AES-GCM can tell it was changed
+    header = {**peek_raw_header(body), change[0]: change[1]}
+    segment = b64(json.dumps(header, sort_keys=reorder).encode())
+    assume(segment != body.split(b".")[HEADER])
+    altered = with_part(body, HEADER, segment)
+    assert isinstance(fails_as_documented(altered), AuthenticationFailed)
 
 
 @FUZZ
@@ -72,8 +176,17 @@ def test_truncated_or_spliced_envelopes_get_a_typed_error(body: bytes, cut: int,
 def test_any_json_payload_validates_or_is_invalid_payload(
     message_type: str, document: dict[str, Any]
 ) -> None:
-    body = seal_raw(header_for(KEY, message_type), json.dumps(document).encode(), KEY)
-    opens_or_fails_as_documented(body)
+    body = seal_raw(header_for(KEY, message_type), body_of(document), KEY)
+    try:
+        expected = model_for(message_type, 1).model_validate_json(body_of(document), strict=True)
+    except ValidationError:
+        assert isinstance(fails_as_documented(body), InvalidPayload)
+        return
+    if expected.header_entity_version() is not None:  # the header carries none
+        assert isinstance(fails_as_documented(body), InvalidHeader)
+        return
+    opened = open_envelope(body, KEYS)
+    assert (opened.header, opened.payload) == (peek_header(body), expected)
 
 
 @FUZZ
@@ -83,8 +196,11 @@ def test_any_authenticated_header_gets_a_typed_error(extra: dict[str, Any]) -> N
     header.update({"alg": "dir", "enc": "A256GCM", "kid": KEY.kid})
     header.pop("crit", None)
     header.pop("zip", None)
+    payload = sample("crm.interaction.log")
     try:
-        body = seal_raw(header, sample("crm.interaction.log").model_dump_json().encode(), KEY)
+        body = seal_raw(header, payload.model_dump_json().encode(), KEY)
     except (JoseError, ValueError, TypeError):  # joserfc refuses some headers: nothing to open
         return
-    opens_or_fails_as_documented(body)
+    opened = opened_or_documented_error(body)
+    if isinstance(opened, OpenedMessage):
+        assert (opened.header, opened.payload) == (EnvelopeHeader.from_jose(header), payload)
