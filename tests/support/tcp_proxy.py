@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -33,13 +34,18 @@ class _Link:
         self.upstream = upstream
         self.upstream_port = int(upstream.getsockname()[1])
         self.closed = threading.Event()
+        self._resetting = False
 
     def reset(self) -> None:
+        # Flagged first: a writer that wakes to the end of its stream must not send a FIN ahead
+        # of the RST.
+        self._resetting = True
         self.closed.set()
-        for sock in (self.client, self.upstream):
-            _reset(sock)
+        _reset(self.client, self.upstream)
 
     def shutdown(self) -> None:
+        if self._resetting:
+            return
         self.closed.set()
         for sock in (self.client, self.upstream):
             with contextlib.suppress(OSError):
@@ -100,6 +106,10 @@ class TcpProxy:
         self._closing = True
         self.restore()
         self.cut()
+        # Closing a listening socket does not wake a thread blocked in accept() on Linux;
+        # shutting it down does (accept fails at once).
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         self._thread.join(5)
 
@@ -159,11 +169,25 @@ class TcpProxy:
         link.shutdown()
 
 
-def _reset(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    with contextlib.suppress(OSError):
-        sock.close()
+_ABORT_ON_CLOSE = struct.pack("ii", 1, 0)  # l_onoff=1, l_linger=0: close() sends an RST
+
+
+def _reset(*sockets: socket.socket) -> None:
+    """Abort ``sockets`` with an RST, now, even while a reader is blocked in ``recv()``.
+
+    The kernel releases a socket (and sends the RST) only when no thread still uses it, so a
+    blocked reader must be woken first: ``SHUT_RD`` makes its ``recv()`` return and sends nothing
+    (``SHUT_WR`` would send a FIN ahead of the RST).
+    """
+    for sock in sockets:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT_ON_CLOSE)
+    for sock in sockets:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RD)
+    for sock in sockets:
+        with contextlib.suppress(OSError):
+            sock.close()
 
 
 @contextlib.contextmanager
