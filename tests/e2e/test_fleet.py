@@ -206,6 +206,14 @@ def test_a_charge_in_another_currency_is_dead_lettered_with_currency_mismatch(
         [sample("billing.account.open", account_id=account, currency="EUR")], "order-management"
     )
     fleet.wait_settled()
-    fleet.publish([sample("billing.charge.post", account_id=account, amount=Money.of(500, "JPY"))])
+    [charge] = fleet.publish(
+        [sample("billing.charge.post", account_id=account, amount=Money.of(500, "JPY"))]
+    )
     fleet.wait_settled()
-    assert fleet.ledger().dead_by_reason == {"currency_mismatch": 1}
+    report = fleet.ledger()
+    assert report.ok, report.summary()
+    assert report.dead_by_reason == {"currency_mismatch": 1}
+    assert [e["event"] for e in fleet.events_for(str(charge.message_id))] == ["dead"]
+    assert fleet.query("SELECT count(*) FROM billing_charges WHERE account_id = :a", a=account) == [
+        (0,)
+    ]
