@@ -27,6 +27,7 @@ import pytest
 from dramatiq.errors import QueueNotFound
 
 from queues.topology import TopologyConfig, apply, desired_topology
+from tests.support.polling import CTL_FIRST_S, poll
 from tests.support.rabbit import amqp_url, rabbitmqctl, scratch_vhost, vhost_connections
 from workers.broker import Delivery, FleetBroker, FleetConsumer, FleetMessageProxy, Settlement
 from workers.middleware import FleetLifecycleMiddleware
@@ -147,25 +148,29 @@ def listed(vhost: str, what: str) -> set[str]:
     return set(rabbitmqctl(f"list_{what}", "-p", vhost, *columns).splitlines())
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
+def wait_for(condition: Callable[[], object], what: str, timeout_s: float = WAIT_S) -> None:
+    poll(condition, timeout_s, what)
 
 
-def wait_counts(vhost: str, queue: str, expected: tuple[int, int]) -> None:
+def wait_counts(place: Place, queue: str, expected: tuple[int, int]) -> None:
+    """Wait until ``queue`` holds (ready, unacknowledged) == ``expected``, read from its Raft state.
+
+    The ready count is awaited first with passive declares (cheap); only then is the exact pair
+    read with ``rabbitmqctl eval``, at most twice a second.
+    """
+    deadline = time.monotonic() + WAIT_S
+    wait_for(lambda: ready(place.url, queue) == expected[0], f"{queue}: {expected[0]} ready")
     seen: list[tuple[int, int]] = []
 
     def reached() -> bool:
-        seen.append(counts(vhost)[queue])
+        seen.append(counts(place.vhost)[queue])
         return seen[-1] == expected
 
-    deadline = time.monotonic() + WAIT_S
-    while not reached():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{queue}: (ready, unacked) stayed {seen[-1]}, expected {expected}")
+    try:
+        left_s = max(deadline - time.monotonic(), 0.0)
+        poll(reached, left_s, f"{queue}: (ready, unacked) == {expected}", first_s=CTL_FIRST_S)
+    except AssertionError:
+        pytest.fail(f"{queue}: (ready, unacked) stayed {seen[-1]}, expected {expected}")
 
 
 # ── the fleet under test ───────────────────────────────────────────────────────────────────────
@@ -377,7 +382,7 @@ def test_a_message_not_settled_ack_goes_back_to_its_queue_and_is_redelivered(
     with running_fleet(place.url, behave, threads=1, prefetch=1) as fleet:
         [message_id] = publish(place.url, "billing.charge.post", b"alpha: once")
         wait_for(lambda: len(fleet.calls) == 2, "the redelivery")
-        wait_counts(place.vhost, "billing", (0, 0))
+        wait_counts(place, "billing", (0, 0))
 
     first, second = (c.delivery for c in fleet.calls)
     assert first.message_id == second.message_id == message_id
@@ -392,7 +397,7 @@ def test_an_explicit_ack_acks_once_and_leaves_nothing_behind(place: Place) -> No
     with running_fleet(place.url, ack, threads=1, prefetch=1) as fleet:
         publish(place.url, "billing.charge.post", b"alpha: once")
         wait_for(lambda: len(fleet.calls) == 1, "the call")
-        wait_counts(place.vhost, "billing", (0, 0))
+        wait_counts(place, "billing", (0, 0))
         assert len(fleet.calls) == 1
     assert counts(place.vhost)["billing"] == (0, 0)
 
@@ -429,14 +434,14 @@ def test_prefetch_is_the_brokers_prefetch_not_dramatiqs(place: Place) -> None:
     with running_fleet(place.url, behave, threads=4, prefetch=2, releases=(release,)) as fleet:
         publish(place.url, "billing.charge.post", *[f"alpha: {i}".encode() for i in range(5)])
         wait_for(lambda: len(fleet.calls) == 2, "two blocked actors")
-        wait_counts(place.vhost, "billing", (3, 2))
+        wait_counts(place, "billing", (3, 2))
         # Read again (~0.4 s later): two idle threads and room in Dramatiq's prefetch of 8,
         # still nothing more is delivered.
         assert counts(place.vhost)["billing"] == (3, 2)
         assert len(fleet.calls) == 2
         release.set()
         wait_for(lambda: len(fleet.calls) == 5, "all five")
-        wait_counts(place.vhost, "billing", (0, 0))
+        wait_counts(place, "billing", (0, 0))
 
 
 # ── 4. fan-out ─────────────────────────────────────────────────────────────────────────────────
@@ -447,7 +452,7 @@ def test_a_fanned_out_message_runs_each_queues_own_actor_exactly_once(place: Pla
         [message_id] = publish(place.url, "crm.customer.upsert", b"alpha: upsert")
         wait_for(lambda: len(fleet.calls) == 2, "both queues' actors")
         for queue in ("crm", "billing"):
-            wait_counts(place.vhost, queue, (0, 0))
+            wait_counts(place, queue, (0, 0))
         assert len(fleet.calls) == 2
     assert sorted((p.queue_name, p.actor_name) for p in fleet.processed) == [
         ("billing", actor_name("billing", "alpha")),
@@ -535,7 +540,12 @@ def test_shutdown_cancels_first_finishes_in_flight_and_returns_the_prefetched(
         stopper.start()
         # basic.cancel while the in-flight message still runs. (A quorum queue keeps counting a
         # cancelled consumer that holds unacked messages; the channel's consumer list does not.)
-        wait_for(lambda: not consumers_of(place.vhost, "billing"), "the consumer's cancel")
+        poll(
+            lambda: not consumers_of(place.vhost, "billing"),
+            WAIT_S,
+            "the consumer's cancel",
+            first_s=CTL_FIRST_S,
+        )
         assert not release.is_set()
         publish(place.url, "billing.charge.post", b"alpha: late 1", b"alpha: late 2")
         assert counts(place.vhost)["billing"] == (2, 3)  # the late ones stay ready
@@ -561,14 +571,17 @@ def test_shutdown_cancels_first_finishes_in_flight_and_returns_the_prefetched(
 
 def only_connection(vhost: str) -> str:
     """The pid of the one connection in ``vhost`` (probes' closed ones may linger a moment)."""
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        pids = vhost_connections(vhost)
-        if len(pids) == 1:
-            return pids[0]
-        if time.monotonic() > deadline:
-            pytest.fail(f"expected one connection in {vhost}, found {pids}")
-        time.sleep(0.05)
+    pids: list[str] = []
+
+    def one() -> bool:
+        pids[:] = vhost_connections(vhost)
+        return len(pids) == 1
+
+    try:
+        poll(one, WAIT_S, f"one connection in {vhost}", first_s=CTL_FIRST_S)
+    except AssertionError:
+        pytest.fail(f"expected one connection in {vhost}, found {pids}")
+    return pids[0]
 
 
 def test_a_killed_connection_reconnects_and_a_stale_ack_touches_nothing_new(
@@ -604,7 +617,7 @@ def test_a_killed_connection_reconnects_and_a_stale_ack_touches_nothing_new(
         again_release.set()
         publish(place.url, "billing.charge.post", b"alpha: m2")
         wait_for(lambda: len(fleet.calls) == 3, "m2")
-        wait_counts(place.vhost, "billing", (0, 0))
+        wait_counts(place, "billing", (0, 0))
         assert len(fleet.consumers) == 2  # no channel error from a double ack, no reconnect
         assert fleet.consumers[1].is_open
 
@@ -628,7 +641,7 @@ def test_delivery_count_ignores_a_publishers_header_and_counts_redeliveries(
     with running_fleet(place.url, behave, threads=1, prefetch=1) as fleet:
         publish(place.url, "billing.charge.post", b"alpha: x", headers={"x-delivery-count": 7})
         wait_for(lambda: len(fleet.calls) >= 3, "two redeliveries")
-        wait_counts(place.vhost, "billing", (0, 0))
+        wait_counts(place, "billing", (0, 0))
 
     deliveries = [c.delivery for c in fleet.calls]
     assert [d.delivery_count for d in deliveries] == [1, 2, 3]
@@ -673,7 +686,7 @@ def test_fact_a_retry_tier_dead_letters_back_as_a_fresh_delivery_with_x_death_ex
         )
         assert ready(place.url, "billing.retry.1s") == 1
         wait_for(lambda: len(fleet.calls) == 1, "the message back from the 1 s tier")
-        wait_counts(place.vhost, "billing", (0, 0))
+        wait_counts(place, "billing", (0, 0))
 
     delivery = fleet.calls[0].delivery
     assert (delivery.redelivered, delivery.delivery_count) == (False, 1)
