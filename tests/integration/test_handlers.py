@@ -45,6 +45,7 @@ from queues.errors import IllegalTransition, NotYet, PermanentError, TransientEr
 from tests.support.db import DATABASE_URL
 from tests.support.factories import sample
 from tests.support.handlers import Deliver, FakeNetwork
+from tests.support.sleeps import record_sleeps
 
 pytestmark = pytest.mark.db
 
@@ -437,7 +438,7 @@ def test_deadlocks_and_serialization_failures_are_classified_from_real_postgresq
 
 
 def test_a_transaction_that_keeps_deadlocking_becomes_a_transient_error_after_bounded_attempts(
-    deliver: Deliver,
+    deliver: Deliver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import psycopg.errors
 
@@ -447,7 +448,9 @@ def test_a_transaction_that_keeps_deadlocking_becomes_a_transient_error_after_bo
         attempts.append(1)
         raise OperationalError("UPDATE x", None, psycopg.errors.DeadlockDetected("deadlock"))
 
-    started = time.monotonic()
+    # The jitter always draws its maximum: the backoffs below are the worst case.
+    monkeypatch.setattr(bus, "random", WorstCaseJitter())
+    sleeps = record_sleeps(monkeypatch)
     with pytest.raises(DatabaseUnavailable) as caught:
         deliver(
             "crm",
@@ -458,7 +461,15 @@ def test_a_transaction_that_keeps_deadlocking_becomes_a_transient_error_after_bo
     assert len(attempts) == 4
     assert isinstance(caught.value, TransientError)
     assert "40P01" in caught.value.message
-    assert time.monotonic() - started < 3
+    # Bounded time: one backoff between attempts, none after the last, at worst 20 ms doubling.
+    assert sleeps == pytest.approx([0.04, 0.08, 0.16])
+
+
+class WorstCaseJitter:
+    """Stands in for the ``random`` module: ``uniform(a, b)`` is always ``b``."""
+
+    def uniform(self, low: float, high: float) -> float:
+        return high
 
 
 def test_an_unreachable_database_is_a_transient_error_without_the_url(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,6 +22,8 @@ from handlers.network import HttpNetworkElement
 from handlers.network_sim import NetworkSimulatorServer, SimulatedNetwork, serve_in_thread
 from queues.errors import PermanentError, TransientError
 from tests.support.factories import iccid, msisdn
+from tests.support.polling import poll
+from tests.support.sleeps import record_sleeps
 
 
 @pytest.fixture
@@ -96,35 +99,45 @@ def test_a_lost_response_is_retried_with_the_same_key_and_not_applied_twice(
 
 
 def test_a_network_that_always_fails_is_a_transient_error_after_bounded_attempts_and_time(
-    simulator: NetworkSimulatorServer,
+    simulator: NetworkSimulatorServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     simulator.network.control({"failure_rate": 1.0})
-    started = time.monotonic()
+    sleeps = record_sleeps(monkeypatch)
     with (
         _element(simulator.url, attempts=3, backoff_initial_s=0.05, jitter_s=0.05) as element,
         pytest.raises(NetworkUnavailable) as caught,
     ):
         element.suspend(uuid.uuid4(), reason="fraud", idempotency_key=str(uuid.uuid4()))
-    elapsed = time.monotonic() - started
 
     assert isinstance(caught.value, TransientError)
     assert caught.value.reason == "network_unavailable"
     assert "3 attempts" in caught.value.message and "HTTP 503" in caught.value.message
     assert _get(simulator, "/stats")[1]["calls"] == 3
-    assert elapsed < 1.0
+    # Bounded time: one backoff between attempts, none after the last, each on the exponential
+    # schedule (0.05 s, then 0.1 s) plus at most 0.05 s of jitter.
+    assert len(sleeps) == 2, sleeps
+    for n, slept in enumerate(sleeps):
+        assert 0.05 * 2**n <= slept <= 0.05 * 2**n + 0.05, sleeps
 
 
 def test_the_retry_budget_bounds_time_even_with_attempts_to_spare(
     simulator: NetworkSimulatorServer,
 ) -> None:
     simulator.network.control({"latency_ms": 300})
-    started = time.monotonic()
     with (
         _element(simulator.url, timeout_s=0.1, attempts=50, budget_s=0.5) as element,
-        pytest.raises(NetworkUnavailable, match="ReadTimeout"),
+        pytest.raises(NetworkUnavailable, match="ReadTimeout") as caught,
     ):
         element.resume(uuid.uuid4(), idempotency_key=str(uuid.uuid4()))
-    assert time.monotonic() - started < 1.5
+
+    attempts = re.search(r"after (\d+) attempts", caught.value.message)
+    assert attempts, caught.value.message
+    made = int(attempts[1])
+    # Every attempt lasts at least its 0.1 s timeout, so a 0.5 s budget leaves room for at most
+    # 0.5 / 0.1 + 1 of the 50 attempts: the budget, not the attempt count, stopped the retries.
+    assert 1 <= made <= 6, caught.value.message
+    # ... and each of them was a real call that reached the element (answered too late).
+    poll(lambda: _get(simulator, "/stats")[1]["calls"] == made, 10, f"{made} calls")
 
 
 def test_a_refused_connection_is_retried_then_transient() -> None:
