@@ -7,9 +7,10 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pika
 import pytest
@@ -30,6 +31,7 @@ from queues.topology import (
     check,
     desired_topology,
 )
+from tests.support.polling import poll
 from tests.support.rabbit import (
     amqp_url,
     effective_policies,
@@ -95,16 +97,6 @@ def routed(routing_url: str) -> Iterator[BlockingChannel]:
 def depth(channel: BlockingChannel, queue: str) -> int:
     # A passive declare asks the queue itself; list_queues lags for quorum queues (seconds).
     return int(channel.queue_declare(queue, passive=True).method.message_count)
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float) -> float:
-    """Seconds until ``condition`` held; fails the test after ``timeout_s``."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout_s:
-            pytest.fail(f"condition not met within {timeout_s} s")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def drain(channel: BlockingChannel, queue: str) -> list[tuple[Any, Any, bytes]]:
@@ -189,7 +181,7 @@ def test_a_changed_delivery_limit_and_max_length_apply_live_to_a_queue_holding_m
         method, _, _ = channel.basic_get("billing")
         assert method is not None
         channel.basic_nack(method.delivery_tag, requeue=True)
-    wait_until(lambda: depth(channel, "billing.dead") == 1, timeout_s=10)
+    poll(lambda: depth(channel, "billing.dead") == 1, 10, "a message in billing.dead")
     assert depth(channel, "billing") == 4
     [(_, properties, _)] = drain(channel, "billing.dead")
     assert properties.headers["x-death"][0]["reason"] == "delivery_limit"
@@ -225,7 +217,7 @@ def test_a_changed_tier_ttl_applies_live_but_parked_messages_keep_their_expiry(
     # Once the head is gone the new TTL governs: the younger message is past due at once.
     _, _, body = channel.basic_get("billing.retry.1s", auto_ack=True)
     assert body == b"parked-under-60s"
-    wait_until(lambda: depth(channel, "billing") == 1, timeout_s=10)
+    poll(lambda: depth(channel, "billing") == 1, 10, "a message in billing")
     assert [body for _, _, body in drain(channel, "billing")] == [b"parked-under-1s"]
 
 
@@ -298,7 +290,7 @@ def test_lanes_dead_letters_and_replays_reach_exactly_one_queue(routed: Blocking
 
 
 def test_a_parked_retry_returns_only_to_its_work_queue_with_its_headers(
-    routed: BlockingChannel,
+    routed: BlockingChannel, routing_url: str
 ) -> None:
     message_id = str(uuid.uuid4())
     headers = {"x-fleet-attempt": 2, "x-fleet-reason": "not_yet"}
@@ -314,9 +306,13 @@ def test_a_parked_retry_returns_only_to_its_work_queue_with_its_headers(
         headers=headers,
     )
 
-    waited = wait_until(lambda: depth(routed, "billing") == 1, timeout_s=10)
+    # Parked: the tier holds it, its work queue does not; it leaves when the tier's TTL (1 s,
+    # read back from the broker) expires it.
+    assert (depth(routed, "billing.retry.1s"), depth(routed, "billing")) == (1, 0)
+    vhost = unquote(urlsplit(routing_url).path.lstrip("/"))
+    assert effective_policies(vhost)["billing.retry.1s"]["definition"]["message-ttl"] == 1000
+    poll(lambda: depth(routed, "billing") == 1, 10, "a message in billing")
 
-    assert waited >= 0.8
     [(method, properties, body)] = drain(routed, "billing")
     assert (method.exchange, method.routing_key) == ("", "billing")
     assert body == b"envelope"
@@ -343,7 +339,7 @@ def test_a_rejected_message_is_dead_lettered_at_least_once_to_its_dead_queue(
     method, _, _ = routed.basic_get("provisioning")
     routed.basic_reject(method.delivery_tag, requeue=False)
 
-    wait_until(lambda: depth(routed, "provisioning.dead") == 1, timeout_s=10)
+    poll(lambda: depth(routed, "provisioning.dead") == 1, 10, "a message in provisioning.dead")
 
     [(_, properties, body)] = drain(routed, "provisioning.dead")
     assert body == b"poison"
