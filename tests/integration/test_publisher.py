@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pika
@@ -18,16 +19,22 @@ from queues.publisher import Publisher, PublishStatus
 from queues.topology import TopologyConfig, apply, queues_of
 from tests.support.broker_state import drain_message_ids, queue_depth
 from tests.support.factories import sample
-from tests.support.rabbit import rabbitmqctl, vhost_connections
+from tests.support.rabbit import amqp_url, rabbitmqctl, scratch_vhost, vhost_connections
 from workers.cli import app
 
 pytestmark = pytest.mark.broker
 
 
 @pytest.fixture
-def fleet_url(vhost_url: str) -> str:
-    apply(vhost_url, TopologyConfig())
-    return vhost_url
+def fleet_vhost() -> Iterator[str]:
+    """A scratch vhost with the fleet's topology."""
+    with scratch_vhost("test", TopologyConfig()) as vhost:
+        yield vhost
+
+
+@pytest.fixture
+def fleet_url(fleet_vhost: str) -> str:
+    return amqp_url(fleet_vhost)
 
 
 def charges(count: int) -> list[Contract]:
@@ -80,20 +87,21 @@ def test_a_type_the_producer_may_not_send_is_refused(fleet_url: str, keys: KeyRe
 
 
 def test_a_full_queue_refuses_the_rest_and_nothing_confirmed_is_missing(
-    vhost_url: str, keys: KeyRegistry
+    keys: KeyRegistry,
 ) -> None:
-    apply(vhost_url, TopologyConfig(queue_max_length=100))
-    with Publisher(vhost_url, keys, "fleet", window=50) as publisher:
-        filling = publisher.publish_batch(charges(150))
-        beyond = publisher.publish_batch(charges(20))
-    # A quorum queue enforces max-length on what its leader has applied, so with publishes in
-    # flight it may admit some beyond the limit; once it is full it nacks every publish.
-    assert sum(r.ok for r in filling) >= 100
-    assert [r.status for r in beyond] == [PublishStatus.NACKED] * 20
-    assert all("reject-publish" in r.detail for r in beyond)
-    results = filling + beyond
-    confirmed = {str(r.message_id) for r in results if r.ok}
-    assert set(drain_message_ids(vhost_url, "billing")) == confirmed
+    with scratch_vhost("test", TopologyConfig(queue_max_length=100)) as vhost:
+        vhost_url = amqp_url(vhost)
+        with Publisher(vhost_url, keys, "fleet", window=50) as publisher:
+            filling = publisher.publish_batch(charges(150))
+            beyond = publisher.publish_batch(charges(20))
+        # A quorum queue enforces max-length on what its leader has applied, so with publishes in
+        # flight it may admit some beyond the limit; once it is full it nacks every publish.
+        assert sum(r.ok for r in filling) >= 100
+        assert [r.status for r in beyond] == [PublishStatus.NACKED] * 20
+        assert all("reject-publish" in r.detail for r in beyond)
+        results = filling + beyond
+        confirmed = {str(r.message_id) for r in results if r.ok}
+        assert set(drain_message_ids(vhost_url, "billing")) == confirmed
 
 
 def test_unroutable_without_an_alternate_exchange_is_returned_not_confirmed(
@@ -132,11 +140,11 @@ def _close_connections(vhost: str, stop: threading.Event) -> int:
 
 
 def test_killing_the_connection_mid_batch_never_reports_a_lost_message_published(
-    vhost: str, fleet_url: str, keys: KeyRegistry
+    fleet_vhost: str, fleet_url: str, keys: KeyRegistry
 ) -> None:
     stop = threading.Event()
     killed: list[int] = []
-    killer = threading.Thread(target=lambda: killed.append(_close_connections(vhost, stop)))
+    killer = threading.Thread(target=lambda: killed.append(_close_connections(fleet_vhost, stop)))
     results = []
     with Publisher(fleet_url, keys, "fleet", window=200, confirm_timeout_s=60) as publisher:
         assert publisher.wait_connected()

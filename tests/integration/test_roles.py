@@ -62,8 +62,7 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Fleet]:
     """One vhost with the topology and every role (unique user names, deleted afterwards)."""
-    with scratch_vhost("test-roles") as vhost, scratch_users() as prefix:
-        apply(amqp_url(vhost), CONFIG)
+    with scratch_vhost("test-roles", CONFIG) as vhost, scratch_users() as prefix:
         passwords = {prefix + role.user: secrets.token_urlsafe(16) for role in fleet_roles()}
         apply_roles(vhost, prefix=prefix, passwords=passwords)
         yield Fleet(vhost, prefix, passwords)

@@ -22,7 +22,7 @@ from queues.contracts import Contract
 from queues.envelope import OpenedMessage, SealedMessage, seal
 from queues.keys import KeyRegistry, ProducerKey
 from queues.publisher import Outgoing, Publisher
-from queues.topology import TopologyConfig, apply, tier_name
+from queues.topology import TopologyConfig, tier_name
 from tests.conftest import PRODUCER_TYPES
 from tests.support.broker_state import queue_depth, take
 from tests.support.db import DATABASE_URL, migrated_schema
@@ -201,9 +201,9 @@ def dlq_stack(
     tmp_path: Path, *, tiers: tuple[int, ...] = (300, 600), **topology: Any
 ) -> Iterator[DlqStack]:
     """Everything the dead-letter tools need, isolated; removed afterwards."""
-    with scratch_vhost("dlq") as vhost, migrated_schema(pool_size=6) as (engine, schema):
+    config = TopologyConfig(retry_tiers_s=tiers, **topology)
+    with scratch_vhost("dlq", config) as vhost, migrated_schema(pool_size=6) as (engine, schema):
         url = amqp_url(vhost)
-        apply(url, TopologyConfig(retry_tiers_s=tiers, **topology))
         keys = KeyRegistry(ProducerKey.generate(p, t) for p, t in PRODUCER_TYPES.items())
         keys.add(ProducerKey.generate("archive", ["*"]))
         keys_file = tmp_path / "keys.json"
