@@ -8,7 +8,7 @@ import pytest
 
 import dlq.models  # noqa: F401  (the archive's tables on the store's Base, as Alembic sees them)
 from queues.keys import KeyRegistry, ProducerKey
-from tests.support import janitor
+from tests.support import janitor, tier
 from tests.support.rabbit import amqp_url, rabbitmqctl, scratch_vhost
 
 PRODUCER_TYPES = {
@@ -59,3 +59,8 @@ def _default_vhost_policies() -> set[str]:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Wait for the background clean-up (schemas, vhosts); a failed one fails the run."""
     janitor.finish()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before any fixture: lets fleets and private nodes refuse a test not marked slow."""
+    tier.running_slow = item.get_closest_marker("slow") is not None

@@ -64,17 +64,6 @@ class EventSink:
             self._fd = None
 
 
-def read_events(path: Path) -> list[dict[str, Any]]:
-    """All events in a file written by ``EventSink`` (a torn last line is skipped)."""
-    events = []
-    for line in path.read_text().splitlines():
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            continue
-    return events
-
-
 class EventLog:
     """An events file read incrementally, for whoever watches a fleet (tests, demo, bench).
 

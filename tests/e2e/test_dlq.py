@@ -23,7 +23,7 @@ from workers.commands.dlq import retry_app
 from workers.ledger import archived_dead_letters, check_ledger
 from workers.settings import get_settings
 
-pytestmark = [pytest.mark.broker, pytest.mark.db]
+pytestmark = [pytest.mark.broker, pytest.mark.db, pytest.mark.slow]
 
 DEAD_QUEUES = ("billing.dead", "provisioning.dead", "crm.dead", "unroutable")
 
@@ -216,7 +216,6 @@ def test_retry_flush_brings_parked_messages_back_now_and_they_are_processed_once
         ledger_ok(fleet)
 
 
-@pytest.mark.slow
 def test_a_message_that_kills_its_worker_dies_in_the_suspect_lane_and_is_archived_once(
     tmp_path: Path,
 ) -> None:

@@ -12,7 +12,7 @@ from tests.support.factories import sample
 from tests.support.fleet import FleetUnderTest, fleet_under_test
 from tests.support.jose import flip_ciphertext_bit, header_for, seal_raw
 
-pytestmark = [pytest.mark.broker, pytest.mark.db]
+pytestmark = [pytest.mark.broker, pytest.mark.db, pytest.mark.slow]
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from workers.commands.health import health
 from workers.local import free_port
 from workers.observability.health import state_path
 
-pytestmark = [pytest.mark.broker, pytest.mark.db]
+pytestmark = [pytest.mark.broker, pytest.mark.db, pytest.mark.slow]
 
 COMPLETED = ("ok", "duplicate", "stale", "dead")
 

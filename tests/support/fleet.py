@@ -33,7 +33,7 @@ from queues.keys import KeyRegistry, ProducerKey
 from queues.publisher import Outgoing, Publisher, PublishResult
 from queues.topology import DOMAINS, TopologyConfig, definitions, queues_of
 from tests.conftest import PRODUCER_TYPES
-from tests.support import janitor
+from tests.support import janitor, tier
 from tests.support.broker_state import queue_depth
 from tests.support.db import (
     DATABASE_URL,
@@ -42,6 +42,7 @@ from tests.support.db import (
     new_schema_name,
     require_database,
 )
+from tests.support.polling import poll
 from tests.support.rabbit import (
     PrivateNode,
     amqp_url,
@@ -57,33 +58,6 @@ from workers.local import LocalFleet
 FINAL_EVENTS = FINAL_KINDS
 # rabbitmqctl boots an Erlang VM per call (~0.5 s of CPU): never poll it faster than this.
 RABBITMQCTL_POLL_S = 0.5
-
-
-def poll(
-    condition: Callable[[], object],
-    timeout_s: float,
-    what: str,
-    *,
-    first_s: float = 0.05,
-    cap_s: float = 0.5,
-    between: Callable[[], None] | None = None,
-) -> None:
-    """Return once ``condition()`` is true; the pause between tries grows ×1.5 up to ``cap_s``.
-
-    Raises:
-        AssertionError: naming ``what``, when ``timeout_s`` passes first.
-    """
-    deadline = time.monotonic() + timeout_s
-    pause = first_s
-    while True:
-        if between is not None:
-            between()
-        if condition():
-            return
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(pause)
-        pause = min(cap_s, pause * 1.5)
 
 
 @dataclass
@@ -166,8 +140,13 @@ class FleetUnderTest:
     def wait_settled(
         self, timeout_s: float = 90.0, supervise: Callable[[], None] | None = None
     ) -> None:
+        def all_settled() -> bool:
+            if supervise is not None:
+                supervise()
+            return not self.missing()
+
         try:
-            poll(lambda: not self.missing(), timeout_s, "every delivery settled", between=supervise)
+            poll(all_settled, timeout_s, "every delivery settled", first_s=0.05, cap_s=0.5)
         except AssertionError:
             missing = self.missing()
             raise AssertionError(
@@ -177,7 +156,7 @@ class FleetUnderTest:
     def wait_for(
         self, condition: Callable[[], bool], timeout_s: float = 30.0, what: str = ""
     ) -> None:
-        poll(condition, timeout_s, what or str(condition))
+        poll(condition, timeout_s, what or str(condition), first_s=0.05, cap_s=0.5)
 
     def processed(self) -> int:
         """Deliveries handled so far (effects committed, or absorbed by the inbox)."""
@@ -312,6 +291,7 @@ def fleet_under_test(
     ``node``: a broker of the test's own (its vhost ``/``) instead of a scratch vhost on the
     shared one; the topology and its policies are imported into that node.
     """
+    tier.require_slow("a fleet of worker processes")
     require_database()
     config = TopologyConfig(retry_tiers_s=tiers, **topology)
     vhost = "/" if node else f"e2e-{uuid.uuid4().hex[:10]}"

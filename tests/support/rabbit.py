@@ -22,7 +22,7 @@ from urllib.parse import quote
 import pytest
 
 from queues.topology import TopologyConfig, definitions
-from tests.support import janitor
+from tests.support import janitor, tier
 
 AMQP_HOST = "127.0.0.1"
 AMQP_PORT = 5672
@@ -176,6 +176,7 @@ def private_node(*, management: bool = False, timeout_s: float = 60) -> Iterator
     Slow (~10 s): for tests that need a plugin or must disturb a broker. Skips when the machine
     has no RabbitMQ server installation or we are not root.
     """
+    tier.require_slow("a private RabbitMQ node")
     server = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
     if os.geteuid() != 0 or not server.exists():
         pytest.skip("a private RabbitMQ node needs root and the packaged rabbitmq-server")
