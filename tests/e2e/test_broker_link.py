@@ -8,6 +8,7 @@ reconnects. Every scenario ends with the ledger and with nothing left unacknowle
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -17,15 +18,24 @@ import pytest
 from queues.contracts import Contract
 from tests.e2e.test_faults import workload
 from tests.support.fleet import FleetUnderTest, fleet_under_test
+from tests.support.polling import CTL_FIRST_S, poll
 from tests.support.rabbit import AMQP_HOST, AMQP_PORT, vhost_connections
 from tests.support.tcp_proxy import TcpProxy, tcp_proxy
 
 pytestmark = [pytest.mark.broker, pytest.mark.db, pytest.mark.slow]
 
 HEARTBEAT_S = 4
-# pika drops a link after a whole check interval (heartbeat + 5 s) without a byte, so up to two
-# intervals, then Dramatiq restarts the consumer 3 s later; the broker takes about 2 heartbeats.
+# The longest either side hears nothing before it calls the link dead: pika checks once per
+# interval of heartbeat + 5 s, the broker allows two heartbeats.
+DEAD_AFTER_S = max(HEARTBEAT_S + 5, 2 * HEARTBEAT_S)
+# pika drops a link after a whole check interval without a byte, so up to two intervals, then
+# Dramatiq restarts the consumer 3 s later; the broker takes about 2 heartbeats.
 DETECTED_WITHIN_S = 8 * HEARTBEAT_S
+# Slow for two of those windows: at least one whole window of each side falls inside.
+SLOW_FOR_S = 2 * DEAD_AFTER_S
+# More deliveries than the fleet holds prefetched (2 processes × 4 threads × 3 work queues):
+# progress this large needs the link to keep delivering.
+PROGRESS = 50
 ACCOUNTS, CHARGES_PER_ACCOUNT = 40, 60  # 2,440 messages
 
 
@@ -38,7 +48,8 @@ def via(proxy: TcpProxy, url: str) -> str:
 
 
 def broker_peer_ports(vhost: str) -> set[int]:
-    """Client ports of the connections the broker holds open in ``vhost``."""
+    """Client ports of the connections the broker holds open in ``vhost`` (rabbitmqctl: poll it
+    with ``first_s=CTL_FIRST_S``)."""
     return {int(port) for port in vhost_connections(vhost, "peer_port") if port.isdigit()}
 
 
@@ -98,10 +109,11 @@ def test_a_stalled_link_is_dropped_by_heartbeats_on_both_sides_and_nothing_is_lo
 
     # The broker stops hearing heartbeats and closes the connections; their unacked
     # deliveries go back to the queues.
-    fleet.wait_for(
+    poll(
         lambda: not stalled & broker_peer_ports(fleet.vhost),
         DETECTED_WITHIN_S,
         "the broker to drop the stalled connections",
+        first_s=CTL_FIRST_S,
     )
     # The workers stop hearing heartbeats too, drop their side and connect again (and those
     # attempts hang in the blackhole until it heals).
@@ -121,13 +133,26 @@ def test_a_slow_link_slows_the_fleet_without_dropping_connections(
 ) -> None:
     fleet, proxy, charges = linked
     accepted = proxy.accepted
+    through_proxy = proxy.upstream_ports()
+    assert through_proxy and through_proxy <= broker_peer_ports(fleet.vhost)
     before = fleet.processed()
     proxy.slow(0.5)  # each way, on every chunk: a 1 s round trip
-    fleet.wait_for(lambda: fleet.processed() >= before + 50, 60, "progress over the slow link")
+
+    # Slow long enough that either side would have called a silent link dead, twice over.
+    time.sleep(SLOW_FOR_S)
+    during = fleet.processed() - before
+    # Slow is not dead: heartbeats kept arriving, late, so no side dropped a connection ...
+    assert proxy.accepted == accepted, "a slow link was mistaken for a dead one"
+    assert proxy.upstream_ports() == through_proxy, "a slow connection was closed"
+    assert through_proxy <= broker_peer_ports(fleet.vhost), "the broker dropped a slow connection"
+    # ... and the same connections still carry work, more than the fleet holds prefetched.
+    assert fleet.expected() - fleet.settled(), "the work ran out before the link was slow enough"
+    after = fleet.processed()
+    poll(lambda: fleet.processed() >= after + PROGRESS, 60, "progress over the slow link, later")
+    assert proxy.accepted == accepted, "a slow link was mistaken for a dead one"
     delayed = proxy.delayed_chunks
     proxy.restore()
 
     fleet.assert_charged_exactly_once(len(charges))
     assert delayed > 0
-    # Slow is not dead: heartbeats keep arriving, late, so no connection was dropped.
-    assert proxy.accepted == accepted, "a slow link was mistaken for a dead one"
+    print(f"{during} processed over the slow link in {SLOW_FOR_S} s, {len(through_proxy)} links")
