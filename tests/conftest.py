@@ -64,3 +64,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Before any fixture: lets fleets and private nodes refuse a test not marked slow."""
     tier.running_slow = item.get_closest_marker("slow") is not None
+
+
+# Scenarios whose subject is timing (heartbeats, a stalled or slow link, breakers, a broker
+# starved or restarted): under ``pytest -n`` (``--dist loadgroup``) they run one after another
+# on one worker, never two at once.
+TIMING_SENSITIVE = frozenset(
+    {
+        "tests/e2e/test_backpressure.py",
+        "tests/e2e/test_breakers.py",
+        "tests/e2e/test_broker_link.py",
+        "tests/e2e/test_broker_restart.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.split("::", 1)[0] in TIMING_SENSITIVE:
+            item.add_marker(pytest.mark.xdist_group("timing"))

@@ -417,6 +417,7 @@ def test_the_management_api_path_reads_and_writes_what_rabbitmqctl_does() -> Non
             check(node.amqp_url("fleet", "fleet-admin", "wrong"), CONFIG, management_url=api)
 
 
+@pytest.mark.slow
 def test_a_guessed_management_api_of_another_broker_is_not_used(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
