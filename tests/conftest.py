@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -83,3 +84,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.nodeid.split("::", 1)[0] in TIMING_SENSITIVE:
             item.add_marker(pytest.mark.xdist_group("timing"))
+
+
+_phases: dict[str, dict[str, float]] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _phases.setdefault(report.nodeid, {})[report.when] = report.duration
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """The 20 slowest tests whole (set-up + call + teardown), beside pytest's per-phase list."""
+    if not _phases:
+        return
+    totals = sorted(_phases.items(), key=lambda item: -sum(item[1].values()))[:20]
+    terminalreporter.write_sep("=", "slowest 20 tests, set-up + call + teardown")
+    for nodeid, phases in totals:
+        split = " + ".join(f"{phases.get(p, 0.0):.2f}" for p in ("setup", "call", "teardown"))
+        terminalreporter.write_line(f"{sum(phases.values()):7.2f}s  ({split})  {nodeid}")
