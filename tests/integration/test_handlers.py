@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +44,7 @@ from queues.errors import IllegalTransition, NotYet, PermanentError, TransientEr
 from tests.support.db import DATABASE_URL
 from tests.support.factories import sample
 from tests.support.handlers import Deliver, FakeNetwork
+from tests.support.polling import poll
 from tests.support.sleeps import record_sleeps
 
 pytestmark = pytest.mark.db
@@ -375,10 +375,10 @@ def test_a_serialization_failure_reruns_the_whole_transaction(
 def _wait_until_blocked_on_a_lock(
     engine: Engine, *, application_name: str, timeout_s: float = 10.0
 ) -> None:
-    deadline = time.monotonic() + timeout_s
     with engine.connect() as probe:
-        while time.monotonic() < deadline:
-            waiting = probe.scalar(
+
+        def waiting() -> bool:
+            count = probe.scalar(
                 text(
                     "SELECT count(*) FROM pg_stat_activity "
                     "WHERE datname = current_database() AND wait_event_type = 'Lock' "
@@ -387,10 +387,9 @@ def _wait_until_blocked_on_a_lock(
                 {"application_name": application_name},
             )
             probe.rollback()
-            if waiting:
-                return
-            time.sleep(0.02)
-    raise AssertionError("the handler never waited on the locked row")
+            return bool(count)
+
+        poll(waiting, timeout_s, "the handler to wait on the locked row")
 
 
 def test_deadlocks_and_serialization_failures_are_classified_from_real_postgresql_errors(

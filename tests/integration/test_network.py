@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -246,16 +245,16 @@ def test_fleet_simulate_network_serves_until_sigterm() -> None:
         stderr=subprocess.PIPE,
         env={**os.environ, "COLUMNS": "200"},
     )
+
+    def health() -> httpx.Response | None:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+        except httpx.TransportError:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            return None
+
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                assert process.poll() is None, process.stderr.read() if process.stderr else ""
-                assert time.monotonic() < deadline, "the simulator did not come up"
-                time.sleep(0.1)
+        response = poll(health, 20, "the simulator to come up")
         assert response.json() == {"ok": True}
         stats = json.loads(httpx.get(f"http://127.0.0.1:{port}/stats", timeout=1).text)
         assert stats["calls"] == 0

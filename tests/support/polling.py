@@ -20,7 +20,7 @@ CTL_FIRST_S = 0.5  # for checks that run rabbitmqctl
 
 
 def poll(
-    condition: Callable[[], T],
+    condition: Callable[[], T | None],
     timeout_s: float,
     what: str,
     first_s: float = FIRST_S,
