@@ -16,6 +16,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import FrameType
 
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from handlers.store.models import Outbox
 from queues.contracts import CATALOGUE
-from queues.envelope import SealedMessage
+from queues.envelope import OpenedMessage, SealedMessage
 from queues.errors import FleetError
 from queues.publisher import Publisher
 from workers.observability.metrics import fleet_metrics, forget_this_process
@@ -35,9 +36,15 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 200
 IDLE_SLEEP_S = 0.2
+FAULT_AFTER_CLAIM = "relay_after_claim_before_publish"
 
 
-def relay_once(engine: Engine, publisher: Publisher, batch: int = DEFAULT_BATCH) -> int:
+def relay_once(
+    engine: Engine,
+    publisher: Publisher,
+    batch: int = DEFAULT_BATCH,
+    fault_hook: Callable[[str, OpenedMessage | None], None] | None = None,
+) -> int:
     """Publish one batch of unsent follow-ups; return how many were confirmed."""
     with Session(engine) as session, session.begin():
         rows = (
@@ -77,6 +84,8 @@ def relay_once(engine: Engine, publisher: Publisher, batch: int = DEFAULT_BATCH)
                 )
             except (ValidationError, FleetError) as exc:
                 log.error("outbox row %s cannot be sealed: %s", row.id, type(exc).__name__)
+        if fault_hook is not None:
+            fault_hook(FAULT_AFTER_CLAIM, None)
         results = publisher.publish_batch([s for _, s in sealed])
         now = datetime.now(UTC)
         confirmed = 0
@@ -116,7 +125,7 @@ def run_relay(runtime: Runtime, stopping: threading.Event, batch: int = DEFAULT_
     next_report = 0.0
     while not stopping.is_set():
         try:
-            sent = relay_once(runtime.engine, runtime.publisher, batch)
+            sent = relay_once(runtime.engine, runtime.publisher, batch, runtime.faults)
         except Exception:
             log.exception("outbox relay pass failed; trying again")
             sent = 0

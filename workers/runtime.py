@@ -26,7 +26,12 @@ from workers.lifecycle import Lifecycle, RetryPolicy
 from workers.settings import Settings, get_settings
 
 FAULT_POINTS = frozenset(
-    {"before_commit", "after_commit_before_ack", "after_retry_publish_before_ack"}
+    {
+        "before_commit",
+        "after_commit_before_ack",
+        "after_retry_publish_before_ack",
+        "relay_after_claim_before_publish",
+    }
 )
 KILLED_EXIT_CODE = 137
 
@@ -78,6 +83,7 @@ class Runtime:
     events: EventSink
     lifecycle: Lifecycle
     breakers: Breakers
+    faults: Faults
 
     def close(self) -> None:
         self.breakers.close()
@@ -156,7 +162,7 @@ def build_runtime(settings: Settings | None = None) -> Runtime:
         fault_hook=faults,
         breakers=breakers,
     )
-    return Runtime(settings, keys, engine, network, publisher, events, lifecycle, breakers)
+    return Runtime(settings, keys, engine, network, publisher, events, lifecycle, breakers, faults)
 
 
 @dataclass

@@ -161,7 +161,8 @@ class Settings(BaseSettings):
     fault_at: str | None = Field(
         default=None,
         description="TESTS ONLY: crash point before_commit | after_commit_before_ack | "
-        "after_retry_publish_before_ack | archive_after_commit_before_ack (the archiver)",
+        "after_retry_publish_before_ack | relay_after_claim_before_publish (the outbox relay) | "
+        "archive_after_commit_before_ack (the archiver)",
     )
     fault_marker: Path | None = Field(
         default=None, description="TESTS ONLY: crash once, when this file can be created"
