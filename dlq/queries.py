@@ -18,8 +18,8 @@ from sqlalchemy import ColumnElement, Engine, and_, case, func, literal, or_, se
 
 from dlq.audit import audit_rows
 from dlq.models import DeadLetter
-from queues.envelope import peek_raw_header
 from queues.errors import FleetError
+from queues.wire import peek_raw_header
 
 Status = Literal["open", "replayed", "resolved", "all"]
 

@@ -11,8 +11,6 @@ trusted until the tag verifies. Each failure is its own typed error with a stabl
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 import uuid
@@ -44,15 +42,16 @@ from queues.errors import (
     UnsupportedAlgorithm,
 )
 from queues.keys import KeyRegistry, ProducerKey
+from queues.wire import BASE64URL
+from queues.wire import DEFAULT_MAX_BODY_BYTES as DEFAULT_MAX_BODY_BYTES
+from queues.wire import MAX_HEADER_SEGMENT_BYTES as MAX_HEADER_SEGMENT_BYTES
+from queues.wire import peek_raw_header as peek_raw_header
 
 ALG: Literal["dir"] = "dir"
 ENC: Literal["A256GCM"] = "A256GCM"
 CONTENT_TYPE = "application/jose"
-DEFAULT_MAX_BODY_BYTES = 256 * 1024
-MAX_HEADER_SEGMENT_BYTES = 4096
 MAX_ENTITY_VERSION = 2**53 - 1  # exact in every JSON implementation (JavaScript numbers)
 
-_BASE64URL = re.compile(rb"^[A-Za-z0-9_-]*$")
 _CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
 # Compact JWE with alg "dir": empty encrypted key, 96-bit IV, 128-bit tag (base64url lengths).
@@ -210,29 +209,6 @@ def decrypt_with(body: bytes, key: ProducerKey) -> tuple[dict[str, Any], bytes]:
     return token.protected, token.plaintext or b""
 
 
-def peek_raw_header(body: bytes) -> dict[str, Any]:
-    """The protected header as a JSON object, read without a key and without trusting it.
-
-    Raises:
-        NotJwe: not five base64url segments with a JSON object first.
-    """
-    if body.count(b".") != 4:
-        raise NotJwe("body is not a JWE compact serialization (five dot-separated parts)")
-    segment = body.split(b".", 1)[0]
-    if len(segment) > MAX_HEADER_SEGMENT_BYTES:
-        raise NotJwe("protected header is larger than 4096 bytes")
-    if not _BASE64URL.match(segment):
-        raise NotJwe("protected header is not unpadded base64url")
-    try:
-        decoded = base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
-        raw = json.loads(decoded)
-    except (binascii.Error, ValueError):
-        raise NotJwe("protected header is not base64url-encoded JSON") from None
-    if not isinstance(raw, dict):
-        raise NotJwe("protected header is not a JSON object")
-    return raw
-
-
 def peek_header(body: bytes) -> EnvelopeHeader:
     """The validated (but unauthenticated) header, for operators and the archive.
 
@@ -287,7 +263,7 @@ def _check_compact_segments(body: bytes) -> None:
         raise NotJwe("the encrypted-key part must be empty for alg 'dir'")
     if len(iv) != _IV_CHARS or len(tag) != _TAG_CHARS:
         raise NotJwe("A256GCM needs a 96-bit IV and a 128-bit tag")
-    if not all(_BASE64URL.match(part) for part in (iv, ciphertext, tag)):
+    if not all(BASE64URL.match(part) for part in (iv, ciphertext, tag)):
         raise NotJwe("IV, ciphertext and tag must be unpadded base64url")
 
 

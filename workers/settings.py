@@ -14,8 +14,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from queues.envelope import DEFAULT_MAX_BODY_BYTES
 from queues.keys import KeyRegistry, KeyRegistryError
+from queues.wire import DEFAULT_MAX_BODY_BYTES
 
 
 class Settings(BaseSettings):
