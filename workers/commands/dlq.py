@@ -15,23 +15,21 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import typer
-from rich.table import Table
-from sqlalchemy import Engine, select
-from sqlalchemy.exc import OperationalError
 
-from dlq import audit, crypto, housekeeping, queries, replay, retry
-from dlq.models import DeadLetter
-from dlq.queries import Filter, Status
-from handlers.store.db import make_engine
 from queues.errors import FleetError
-from queues.keys import KeyRegistry, KeyRegistryError
-from queues.publisher import Outgoing, Publisher, PublishResult
-from queues.topology import DOMAINS
 from workers.commands.output import console, emit_json, fail
-from workers.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from dlq import replay
+    from dlq.queries import Filter, Status
+    from queues.keys import KeyRegistry
+    from queues.publisher import Outgoing, Publisher, PublishResult
+    from workers.settings import Settings
 
 app = typer.Typer(
     help="Dead letters: archive, inspect, replay (canary first), resolve, purge — audited.",
@@ -43,6 +41,9 @@ retry_app = typer.Typer(
 )
 
 STATUSES = ("open", "replayed", "resolved", "all")
+# dlq.audit.ACTIONS, written out so that declaring the commands loads no SQLAlchemy;
+# tests/unit/test_cli_imports.py keeps the two equal.
+AUDIT_ACTIONS = ("decrypt", "replay", "canary", "flush", "resolve", "purge", "reencrypt", "export")
 
 JsonOption = typer.Option(False, "--json", help="JSON on stdout (fields: docs/operations.md)")
 YesOption = typer.Option(False, "--yes", "-y", help="Do not ask (needed when not on a terminal)")
@@ -63,11 +64,17 @@ TextOption = typer.Option(None, "--text", help="Text in the error message, class
 
 
 def _settings() -> Settings:
+    from workers.settings import get_settings
+
     return get_settings()
 
 
 @contextlib.contextmanager
 def _engine() -> Iterator[Engine]:
+    from sqlalchemy.exc import OperationalError
+
+    from handlers.store.db import make_engine
+
     settings = _settings()
     engine = make_engine(
         settings.database_url.get_secret_value(),
@@ -93,6 +100,8 @@ class _LazyPublisher:
 
     def publish_raw(self, items: Sequence[Outgoing]) -> list[PublishResult]:
         if self._publisher is None:
+            from queues.publisher import Publisher
+
             settings = _settings()
             self._publisher = Publisher(
                 settings.amqp_url.get_secret_value(),
@@ -117,6 +126,8 @@ def _publisher() -> Iterator[_LazyPublisher]:
 
 
 def _keys(required: bool) -> KeyRegistry | None:
+    from queues.keys import KeyRegistryError
+
     try:
         return _settings().key_registry()
     except KeyRegistryError as exc:
@@ -136,6 +147,8 @@ def _confirm(yes: bool, question: str) -> None:
 
 
 def _moment(value: str | None, option: str) -> datetime | None:
+    from dlq import queries
+
     if value is None:
         return None
     try:
@@ -159,6 +172,8 @@ def _filter(
     text: str | None = None,
     status: str = "open",
 ) -> Filter:
+    from dlq.queries import Filter
+
     if status not in STATUSES:
         fail(f"--status {status!r} is not one of {', '.join(STATUSES)}")
     return Filter(
@@ -173,7 +188,7 @@ def _filter(
         since=_moment(since, "--since"),
         until=_moment(until, "--until"),
         text=text,
-        status=cast(Status, status),
+        status=cast("Status", status),
     )
 
 
@@ -254,6 +269,10 @@ def ls(
     json_output: bool = JsonOption,
 ) -> None:
     """Dead letters, newest death first. Never shows a payload."""
+    from rich.table import Table
+
+    from dlq import queries
+
     flt = _filter(
         queue=queue,
         message_type=message_type,
@@ -308,6 +327,10 @@ def groups_command(
     json_output: bool = JsonOption,
 ) -> None:
     """Failure groups: same reason, error class and type — count, queues, first and last seen."""
+    from rich.table import Table
+
+    from dlq import queries
+
     flt = _filter(
         queue=queue,
         message_type=message_type,
@@ -351,6 +374,8 @@ def show(
 ) -> None:
     """Header fields, failure history and traceback of one dead letter; the payload only with
     --decrypt (which is audited before anything is shown)."""
+    from dlq import queries
+
     keys = _keys(required=True) if decrypt else None
     with _engine() as engine:
         detail = queries.show(engine, letter_id)
@@ -373,6 +398,11 @@ def show(
 
 
 def _decrypt_audited(engine: Engine, letter_id: int, keys: KeyRegistry) -> Any:
+    from sqlalchemy import select
+
+    from dlq import audit, crypto
+    from dlq.models import DeadLetter
+
     with engine.connect() as connection:
         body = connection.execute(
             select(DeadLetter.body).where(DeadLetter.id == letter_id)
@@ -390,6 +420,8 @@ def _decrypt_audited(engine: Engine, letter_id: int, keys: KeyRegistry) -> Any:
 
 
 def _print_detail(detail: dict[str, Any]) -> None:
+    from rich.table import Table
+
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column(overflow="fold")
@@ -457,6 +489,9 @@ def replay_command(
 ) -> None:
     """Publish archived envelopes back to their queue (fleet.replay, same message id, fresh
     attempt budget), each once; mark them replayed only after the broker confirmed."""
+    from dlq import queries
+    from dlq.models import DeadLetter
+
     selectors = [ids, group, queue, message_type, producer, reason, error_class, since, until, text]
     if not any(selectors) and not every_open:
         fail("say what to replay: ids, --group, a filter (--queue, --reason, …) or --all")
@@ -516,6 +551,8 @@ def _replay_with_canary(
     canary: int,
     wait_s: float,
 ) -> replay.ReplayReport:
+    from dlq import audit, replay
+
     options: dict[str, Any] = {"horizon": horizon, "keys": keys, "again": again}
     if not canary or dry_run:
         return replay.replay(engine, publisher, chosen, dry_run=dry_run, **options)
@@ -549,6 +586,8 @@ def _replay_with_canary(
 
 
 def _print_replay(report: replay.ReplayReport, json_output: bool, dry_run: bool) -> None:
+    from rich.table import Table
+
     if json_output:
         emit_json(_jsonable(report.to_json()))
         return
@@ -599,6 +638,8 @@ def resolve(
     json_output: bool = JsonOption,
 ) -> None:
     """Mark dead letters handled without replay (kept until retention); audited."""
+    from dlq import housekeeping, queries
+
     if not (ids or group or reason or queue):
         fail("say what to resolve: ids, --group, --reason or --queue")
     with _engine() as engine:
@@ -636,6 +677,8 @@ def purge(
     json_output: bool = JsonOption,
 ) -> None:
     """Delete dead letters archived before a horizon (retention, GDPR); asks first; audited."""
+    from dlq import housekeeping, queries
+
     try:
         age = queries.parse_duration(older_than)
     except ValueError as exc:
@@ -677,6 +720,8 @@ def export(
     ),
 ) -> None:
     """Dead letters as JSON lines; envelopes stay encrypted (a non-envelope body is withheld)."""
+    from dlq import audit, queries
+
     flt = _filter(
         queue=queue,
         message_type=message_type,
@@ -722,6 +767,10 @@ def reencrypt(
 ) -> None:
     """Re-seal archived envelopes under the archive key (producer `archive`), so producer keys
     can be retired; keeps the original producer and kid. Refuses when a needed key is missing."""
+    from dlq import housekeeping
+    from dlq.models import DeadLetter
+    from dlq.queries import Filter
+
     keys = _keys(required=True)
     assert keys is not None
     flt = Filter(
@@ -754,7 +803,7 @@ def reencrypt(
 
 @app.command("audit")
 def audit_command(
-    action: str | None = typer.Option(None, "--action", help=f"One of {', '.join(audit.ACTIONS)}"),
+    action: str | None = typer.Option(None, "--action", help=f"One of {', '.join(AUDIT_ACTIONS)}"),
     operator: str | None = typer.Option(None, "--operator", help="Database role of the operator"),
     letter_id: int | None = typer.Option(None, "--id", help="Only actions on this dead letter"),
     since: str | None = SinceOption,
@@ -762,6 +811,10 @@ def audit_command(
     json_output: bool = JsonOption,
 ) -> None:
     """The audit trail, newest first: who did what to which dead letters, with what result."""
+    from rich.table import Table
+
+    from dlq import audit
+
     with _engine() as engine:
         rows = audit.audit_rows(
             engine,
@@ -800,6 +853,11 @@ def retry_ls(
     json_output: bool = JsonOption,
 ) -> None:
     """Per queue and tier: parked messages, the oldest, when the next is due, by type."""
+    from rich.table import Table
+
+    from dlq import retry
+    from queues.topology import DOMAINS
+
     if queue is not None and queue not in DOMAINS:
         fail(f"unknown queue {queue!r}; the domains are {', '.join(DOMAINS)}")
     settings = _settings()
@@ -841,6 +899,10 @@ def retry_flush(
 ) -> None:
     """Move parked messages back to the work queue now (confirmed, then removed from the tier;
     the attempt budget continues); audited. After fixing a cause, nobody waits for the TTL."""
+    from rich.table import Table
+
+    from dlq import audit, retry
+
     settings = _settings()
     url = settings.amqp_url.get_secret_value()
     if not dry_run:
