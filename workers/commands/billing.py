@@ -13,29 +13,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, time
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import typer
-from rich import box
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from handlers.store.db import make_engine
-from workers.billing import (
-    DEFAULT_BATCH_SIZE,
-    BillRunReport,
-    account_statement,
-    billing_period,
-    billing_today,
-    format_money,
-    last_complete_period,
-    parse_month,
-    run_billrun,
-    schedule_billruns,
-)
 from workers.commands.output import console, emit_json, fail
-from workers.settings import get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from workers.billing import BillRunReport
 
 billing_app = typer.Typer(
     help="Billing: the bill run and account statements (docs/billing.md).", no_args_is_help=True
@@ -43,10 +30,18 @@ billing_app = typer.Typer(
 
 JsonOption = typer.Option(False, "--json", help="JSON on stdout")
 AMOUNTS = frozenset({"total", "owed", "amount", "credit"})
+# workers.billing.DEFAULT_BATCH_SIZE, written out so that declaring the command loads neither
+# SQLAlchemy nor the billing handlers; tests/unit/test_cli_imports.py keeps the two equal.
+DEFAULT_BATCH_SIZE = 500
 
 
 @contextmanager
 def _engine() -> Iterator[Engine]:
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from handlers.store.db import make_engine
+    from workers.settings import get_settings
+
     settings = get_settings()
     engine = make_engine(
         settings.database_url.get_secret_value(),
@@ -68,6 +63,8 @@ def _engine() -> Iterator[Engine]:
 
 
 def _period(cycle_day: int, period: str | None) -> tuple[date, date]:
+    from workers.billing import billing_period, billing_today, last_complete_period, parse_month
+
     if period is None:
         return last_complete_period(cycle_day, billing_today())
     try:
@@ -91,6 +88,8 @@ def _period_text(start: str, end: str) -> str:
 
 
 def _summary(report: BillRunReport) -> None:
+    from rich.table import Table
+
     table = Table(title="bill run")
     table.add_column("")
     table.add_column("", justify="right")
@@ -143,6 +142,16 @@ def billrun(
     Resumable and idempotent: run it again, or after it was killed, and every account is still
     invoiced exactly once for the period. The outbox relay publishes the messages.
     """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from workers.billing import run_billrun
+
     if schedule:
         if cycle_day is not None or period is not None:
             fail("--schedule picks each day's cycle day and period itself")
@@ -179,6 +188,8 @@ def billrun(
 
 
 def _schedule(at: time, catch_up_days: int, batch_size: int, pause_s: float, as_json: bool) -> None:
+    from workers.billing import schedule_billruns
+
     stopping = threading.Event()
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
@@ -208,6 +219,11 @@ def statement(
     json_output: bool = JsonOption,
 ) -> None:
     """An account's invoices, payments, credit and balance."""
+    from rich import box
+    from rich.table import Table
+
+    from workers.billing import account_statement, format_money
+
     try:
         account_id = uuid.UUID(account)
     except ValueError:

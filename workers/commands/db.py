@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from alembic import command
-from alembic.config import Config
-from sqlalchemy.exc import OperationalError
 
 from workers.commands.output import console, fail
-from workers.settings import get_settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 app = typer.Typer(help="The store's schema (Alembic).", no_args_is_help=True)
 
@@ -25,6 +25,10 @@ ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
 
 def alembic_config(schema: str | None = None) -> Config:
     """Alembic's configuration for the settings' database (and optionally one schema)."""
+    from alembic.config import Config
+
+    from workers.settings import get_settings
+
     if not ALEMBIC_INI.is_file():
         fail(f"alembic.ini not found at {ALEMBIC_INI}: run from a checkout of telco-fleet")
     settings = get_settings()
@@ -47,6 +51,9 @@ def upgrade(
     ),
 ) -> None:
     """Apply the migrations up to REVISION (default: head) to $FLEET_DATABASE_URL."""
+    from alembic import command
+    from sqlalchemy.exc import OperationalError
+
     try:
         command.upgrade(alembic_config(schema), revision)
     except OperationalError as exc:

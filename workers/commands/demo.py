@@ -11,17 +11,13 @@ import socket
 from types import FrameType
 from typing import TYPE_CHECKING
 
-import pika
 import typer
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
 
-from queues.topology import TopologyError
 from workers.commands.output import console, emit_json, fail
-from workers.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from workers.demo import DemoReport
+    from workers.settings import Settings
 
 EXIT_MISMATCH = 1
 EXIT_INTERRUPTED = 130
@@ -48,7 +44,11 @@ def demo(
 
     Exit 0 only when the outcome events, PostgreSQL and the dead-letter queues all agree.
     """
+    from sqlalchemy.exc import OperationalError
+
+    from queues.topology import TopologyError
     from workers.demo import DemoError, DemoOptions, DemoRun  # the fleet's whole runtime: lazily
+    from workers.settings import get_settings
 
     settings = get_settings()
     _preflight(settings)
@@ -112,6 +112,9 @@ def _interrupt(_signum: int, _frame: FrameType | None) -> None:
 
 def _preflight(settings: Settings) -> None:
     """One line saying which service does not answer, and how to start it."""
+    import pika
+    from sqlalchemy.engine import make_url
+
     amqp = pika.URLParameters(settings.amqp_url.get_secret_value())
     database = make_url(settings.database_url.get_secret_value())
     services = (

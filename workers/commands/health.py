@@ -6,9 +6,6 @@ from pathlib import Path
 
 import typer
 
-from workers.observability.health import check_health
-from workers.settings import get_settings
-
 EXIT_UNHEALTHY = 1
 
 
@@ -38,6 +35,9 @@ def health(
 
     Reads only the state files the workers write: no broker or database call.
     """
+    from workers.observability.health import check_health
+    from workers.settings import get_settings
+
     settings = get_settings()
     verdict = check_health(
         health_dir or settings.health_dir,

@@ -5,17 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from queues.keys import (
-    ROTATE_AFTER_MESSAGES,
-    KeyRegistry,
-    KeyRegistryError,
-    ProducerKey,
-    read_usage,
-)
 from workers.commands.output import console, emit_json, fail
-from workers.settings import get_settings
 
 app = typer.Typer(
     help="Producer keys (kid ▶ producer ▶ types ▶ AES-256 key).", no_args_is_help=True
@@ -27,6 +18,8 @@ KeysFile = typer.Option(
 
 
 def _path(file: Path | None) -> Path:
+    from workers.settings import get_settings
+
     path = file or get_settings().keys_file
     if path is None:
         fail("no key registry file: pass --file or set FLEET_KEYS_FILE")
@@ -48,6 +41,8 @@ def new(
     json_output: bool = typer.Option(False, "--json", help="Print the new key's id as JSON"),
 ) -> None:
     """Create a key for PRODUCER; it becomes the producer's sealing key (rotation)."""
+    from queues.keys import KeyRegistry, KeyRegistryError, ProducerKey
+
     path = _path(file)
     try:
         registry = KeyRegistry.load(path) if path.exists() else KeyRegistry()
@@ -68,6 +63,10 @@ def list_keys(
     json_output: bool = typer.Option(False, "--json", help="JSON on stdout"),
 ) -> None:
     """Key ids, producers, types, creation time and usage — never key material."""
+    from rich.table import Table
+
+    from queues.keys import ROTATE_AFTER_MESSAGES, KeyRegistry, KeyRegistryError, read_usage
+
     path = _path(file)
     try:
         registry = KeyRegistry.load(path)
@@ -113,6 +112,8 @@ def retire(
     yes: bool = typer.Option(False, "--yes", help="Do not ask"),
 ) -> None:
     """Remove a key: envelopes sealed with it no longer open (re-encrypt archives first)."""
+    from queues.keys import KeyRegistry, KeyRegistryError
+
     path = _path(file)
     try:
         registry = KeyRegistry.load(path)

@@ -5,18 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from pydantic import ValidationError
 
-from queues.contracts import CATALOGUE, MESSAGE_TYPES, Contract, latest_model
-from queues.envelope import describe_validation_error
-from queues.errors import FleetError
-from queues.keys import KeyRegistryError
-from queues.publisher import Publisher, PublishStatus
 from workers.commands.output import console, fail
-from workers.settings import get_settings
+
+if TYPE_CHECKING:
+    from queues.contracts import Contract
 
 
 def _documents(text: str) -> list[tuple[int, str]]:
@@ -41,6 +37,10 @@ def validate_documents(model: type[Contract], text: str) -> list[Contract]:
     Raises:
         ValueError: one line naming the document and the field, never a value.
     """
+    from pydantic import ValidationError
+
+    from queues.envelope import describe_validation_error
+
     payloads = []
     for line, document in _documents(text):
         try:
@@ -69,6 +69,12 @@ def publish(
     Prints one JSON result per message on stdout; exits 1 when any was not confirmed,
     2 on bad input (nothing is published then).
     """
+    from queues.contracts import CATALOGUE, MESSAGE_TYPES, latest_model
+    from queues.errors import FleetError
+    from queues.keys import KeyRegistryError
+    from queues.publisher import Publisher, PublishStatus
+    from workers.settings import get_settings
+
     if message_type not in MESSAGE_TYPES:
         fail(f"unknown message type {message_type!r}; known: {', '.join(MESSAGE_TYPES)}")
     if schema_version is None:

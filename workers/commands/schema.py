@@ -8,8 +8,6 @@ from typing import Any
 
 import typer
 
-from queues.contracts import CATALOGUE
-from queues.envelope import EnvelopeHeader
 from workers.commands.output import console
 
 app = typer.Typer(help="JSON Schemas of the message catalogue.", no_args_is_help=True)
@@ -17,6 +15,9 @@ app = typer.Typer(help="JSON Schemas of the message catalogue.", no_args_is_help
 
 def schema_documents() -> dict[str, dict[str, Any]]:
     """File name ▶ JSON Schema, for every (type, version) and the envelope header."""
+    from queues.contracts import CATALOGUE
+    from queues.envelope import EnvelopeHeader
+
     documents: dict[str, dict[str, Any]] = {}
     for (message_type, version), model in sorted(CATALOGUE.items()):
         schema = model.model_json_schema(mode="validation")

@@ -7,7 +7,6 @@ from types import FrameType
 
 import typer
 
-from handlers.network_sim import NetworkSimulatorServer, SimulatedNetwork
 from workers.commands.output import console
 
 app = typer.Typer(help="Simulators of the systems around the fleet.", no_args_is_help=True)
@@ -29,6 +28,8 @@ def network(
     seed: int | None = typer.Option(None, "--seed", help="Seed of the failure dice"),
 ) -> None:
     """Serve a network element simulator until interrupted (SIGINT / SIGTERM)."""
+    from handlers.network_sim import NetworkSimulatorServer, SimulatedNetwork
+
     state = SimulatedNetwork(latency_ms=latency_ms, failure_rate=failure_rate, seed=seed)
     server = NetworkSimulatorServer(host, port, state)
 

@@ -8,23 +8,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import typer
-from rich.table import Table
 
-from queues.roles import RolesError, apply_roles, fleet_roles, password_env_var, render_roles
-from queues.topology import (
-    PolicyVia,
-    Rabbitmqctl,
-    TopologyConfig,
-    TopologyError,
-    apply,
-    check,
-    render_definitions,
-)
 from workers.commands.output import console, emit_json, fail
-from workers.settings import get_settings
+
+if TYPE_CHECKING:
+    from queues.topology import PolicyVia, TopologyConfig
 
 app = typer.Typer(
     help="RabbitMQ topology: exchanges, quorum queues, bindings and their policies.",
@@ -57,13 +48,15 @@ JsonOption = typer.Option(False, "--json", help="JSON on stdout")
 
 
 def _url(url: str | None) -> str:
+    from workers.settings import get_settings
+
     return url or get_settings().amqp_url.get_secret_value()
 
 
 def _via(via: str) -> PolicyVia:
     if via not in ("auto", "http", "rabbitmqctl"):
         fail(f"--via {via!r} is not one of auto, http, rabbitmqctl")
-    return cast(PolicyVia, via)
+    return cast("PolicyVia", via)
 
 
 Report = TypeVar("Report")
@@ -77,6 +70,8 @@ def _against_broker(
     node: str | None,
 ) -> Report:
     """``apply`` or ``check`` on the broker the options name; a one-line error otherwise."""
+    from queues.topology import Rabbitmqctl, TopologyError
+
     try:
         return action(
             _url(url),
@@ -90,6 +85,9 @@ def _against_broker(
 
 
 def _config() -> TopologyConfig:
+    from queues.topology import TopologyConfig, TopologyError
+    from workers.settings import get_settings
+
     try:
         return TopologyConfig.from_settings(get_settings())
     except TopologyError as exc:
@@ -105,6 +103,10 @@ def apply_command(
     json_output: bool = JsonOption,
 ) -> None:
     """Declare exchanges, queues and bindings; set policies. Idempotent; never deletes."""
+    from rich.table import Table
+
+    from queues.topology import apply
+
     report = _against_broker(apply, url, management_url, via, node)
     if json_output:
         emit_json(report.to_json())
@@ -132,6 +134,10 @@ def check_command(
     json_output: bool = JsonOption,
 ) -> None:
     """Compare the broker with the topology; exit 1 when anything differs, saying what to do."""
+    from rich.table import Table
+
+    from queues.topology import check
+
     report = _against_broker(check, url, management_url, via, node)
     if json_output:
         emit_json(report.to_json())
@@ -153,6 +159,9 @@ def export_command(
     directory: Path = typer.Argument(..., help="Where to write definitions.json and roles.json"),
 ) -> None:
     """Write the topology as RabbitMQ definitions JSON (default settings) and the roles."""
+    from queues.roles import render_roles
+    from queues.topology import TopologyConfig, render_definitions
+
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "definitions.json").write_text(render_definitions(TopologyConfig()))
     (directory / "roles.json").write_text(render_roles())
@@ -170,6 +179,11 @@ def roles_apply_command(
     Passwords come from FLEET_ROLE_PASSWORD_<USER> (e.g. FLEET_ROLE_PASSWORD_FLEET_ADMIN); a new
     user without one gets a generated password, printed once on stdout.
     """
+    from rich.table import Table
+
+    from queues.roles import RolesError, apply_roles, fleet_roles, password_env_var
+    from queues.topology import TopologyError
+
     # Not settings: the variable names follow the user names, which depend on --prefix.
     passwords = {
         prefix + role.user: os.environ[var]

@@ -8,9 +8,7 @@ from typing import Literal
 
 import typer
 
-from queues.topology import DOMAINS
 from workers.commands.output import fail
-from workers.settings import get_settings
 
 SUSPECT_LANE = "workers.app:run_suspect_lane"
 OUTBOX_RELAY = "workers.relay:run_outbox_relay"
@@ -53,9 +51,11 @@ def worker(
     """Run worker processes on the chosen domain queues (Dramatiq's CLI does the processes)."""
     import dramatiq.cli
 
+    from queues.topology import DOMAINS
     from workers.observability.health import expect_worker_processes, forget_stopped_processes
     from workers.observability.logging import configure_logging
     from workers.observability.metrics import prepare_multiprocess_dir, remove_multiprocess_dir
+    from workers.settings import get_settings
 
     unknown = sorted(set(queues) - set(DOMAINS))
     if unknown:
@@ -132,6 +132,7 @@ def relay(
     from workers.observability.logging import configure_logging
     from workers.observability.metrics import start_metrics_server
     from workers.relay import run_outbox_relay
+    from workers.settings import get_settings
 
     settings = get_settings()
     configure_logging(
