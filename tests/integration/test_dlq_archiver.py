@@ -331,13 +331,23 @@ def _archived(stack: DlqStack, ids: set[str]) -> int:
     )
 
 
-def _wait(condition: object, timeout_s: float = 60) -> None:
+def _wait(
+    condition: object, timeout_s: float = 60, interval_s: float = 0.1, what: str = ""
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():  # type: ignore[operator]
             return
-        time.sleep(0.1)
-    raise AssertionError("timed out")
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+def seeded_random() -> random.Random:
+    """Random choices that a failure can repeat: the seed is printed (pytest shows it with the
+    failure); ``TEST_SEED=<seed>`` runs the same choices again."""
+    seed = int(os.environ.get("TEST_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"random seed {seed} (TEST_SEED={seed} repeats it)")
+    return random.Random(seed)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -360,15 +370,30 @@ def test_killing_the_archiver_mid_batch_loses_and_duplicates_nothing(
     )
     assert first.wait(60) == 137 and marker.exists()
     assert 0 < _archived(stack, ids) < 400
-    # then a few more die at random moments
+    # then a few more die at random moments of their work: each once it has archived a
+    # random share of what is left (so it is consuming and storing), before it is done
+    # (small batches: many commits, so the kill lands between two of them)
+    rng = seeded_random()
     for _ in range(3):
-        process = _archiver_process(stack, log)
-        time.sleep(random.uniform(0.05, 0.4))
+        before = _archived(stack, ids)
+        target = before + rng.randint(1, (400 - before) // 4)
+        process = _archiver_process(stack, log, FLEET_ARCHIVER_BATCH_SIZE="10")
+        _wait(
+            lambda target=target: _archived(stack, ids) >= target,
+            interval_s=0.01,
+            what=f"the archiver to reach {target} archived",
+        )
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
+        after = _archived(stack, ids)
+        print(f"killed after archiving {before} → {after} of 400 (target {target})")
+        assert before < after < 400, "the kill did not land mid-work"
     last = _archiver_process(stack, log)
     try:
-        _wait(lambda: _archived(stack, ids) == 400 and stack.depth("crm.dead") == 0)
+        _wait(
+            lambda: _archived(stack, ids) == 400 and stack.depth("crm.dead") == 0,
+            what="every dead letter archived and the queue empty",
+        )
     finally:
         _stop(last)
     assert stack.depth("crm.dead") == 0
