@@ -39,7 +39,13 @@ VALID = [seal(sample(t), KEY).body for t in MESSAGE_TYPES]
 DOCUMENTED = tuple(ENVELOPE_ERRORS)
 BASE64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 HEADER, IV, CIPHERTEXT, TAG = 0, 2, 3, 4  # parts of a compact JWE (1 is the empty key)
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# A failure prints the falsifying example and the blob that replays it (@reproduce_failure)
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
