@@ -4,6 +4,9 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO_ARGS ?=
+## Test processes (pytest-xdist); timing-sensitive scenarios share one of them (tests/conftest.py).
+TEST_WORKERS ?= 2
+PYTEST  := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: install tools services lint typecheck test test-fast demo schemas lock clean bench
 
@@ -31,11 +34,11 @@ typecheck: install
 
 ## Everything CI runs: set-up, services, linters, type checks, the whole test suite.
 test: install tools services lint typecheck
-	$(BIN)/pytest
+	$(PYTEST)
 
 ## The fast tier: skips scenarios marked slow.
 test-fast: install tools services lint typecheck
-	$(BIN)/pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 ## The fleet at work on a realistic workload, checked against the database (fleet demo --help).
 demo: install services
