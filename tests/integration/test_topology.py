@@ -49,10 +49,16 @@ WORK_QUEUES = ("billing", "provisioning", "crm")
 
 
 @pytest.fixture
-def url(vhost_url: str) -> str:
-    """A scratch vhost with the topology applied (tiers of 1 s and 2 s)."""
-    apply(vhost_url, CONFIG)
-    return vhost_url
+def ready_vhost() -> Iterator[str]:
+    """A scratch vhost with the topology in place (tiers of 1 s and 2 s), imported as
+    definitions: the starting state of the tests whose subject is what comes after."""
+    with scratch_vhost("test-topology", CONFIG) as name:
+        yield name
+
+
+@pytest.fixture
+def url(ready_vhost: str) -> str:
+    return amqp_url(ready_vhost)
 
 
 @contextlib.contextmanager
@@ -74,13 +80,17 @@ def channel(vhost_url: str) -> Iterator[BlockingChannel]:
         yield ch
 
 
+@pytest.fixture
+def ready_channel(url: str) -> Iterator[BlockingChannel]:
+    with confirmed_channel(url) as ch:
+        yield ch
+
+
 @pytest.fixture(scope="module")
 def routing_url() -> Iterator[str]:
-    """One applied vhost shared by the tests that only publish and consume (it saves seconds)."""
-    with scratch_vhost("test-routing") as name:
-        url = amqp_url(name)
-        apply(url, CONFIG)
-        yield url
+    """One vhost with the topology, shared by the tests that only publish and consume."""
+    with scratch_vhost("test-routing", CONFIG) as name:
+        yield amqp_url(name)
 
 
 @pytest.fixture
@@ -152,11 +162,11 @@ def test_apply_twice_changes_nothing_the_second_time_and_check_is_clean(
 
 
 def test_a_changed_delivery_limit_and_max_length_apply_live_to_a_queue_holding_messages(
-    url: str, vhost: str, channel: BlockingChannel
+    url: str, ready_vhost: str, ready_channel: BlockingChannel
 ) -> None:
     for _ in range(3):
-        publish(channel, "fleet", "billing.charge.post")
-    assert depth(channel, "billing") == 3
+        publish(ready_channel, "fleet", "billing.charge.post")
+    assert depth(ready_channel, "billing") == 3
 
     changed = dataclasses.replace(CONFIG, delivery_limit=2, queue_max_length=4)
     report = apply(url, changed)
@@ -164,68 +174,68 @@ def test_a_changed_delivery_limit_and_max_length_apply_live_to_a_queue_holding_m
     assert {(c.kind, c.name, c.action) for c in report.changed} == {
         ("policy", f"fleet.{q}", "updated") for q in WORK_QUEUES
     }
-    effective = effective_policies(vhost)["billing"]["definition"]
+    effective = effective_policies(ready_vhost)["billing"]["definition"]
     assert effective["delivery-limit"] == 2
     assert effective["max-length"] == 4
-    assert depth(channel, "billing") == 3, "the queue kept its messages"
+    assert depth(ready_channel, "billing") == 3, "the queue kept its messages"
 
     # The new max length holds: reject-publish ▶ nack. A quorum queue refuses only once it is
     # *over* its limit, so it admits max-length + 1 messages.
-    publish(channel, "fleet", "billing.charge.post")
-    publish(channel, "fleet", "billing.charge.post")
+    publish(ready_channel, "fleet", "billing.charge.post")
+    publish(ready_channel, "fleet", "billing.charge.post")
     with pytest.raises(NackError):
-        publish(channel, "fleet", "billing.charge.post")
-    assert depth(channel, "billing") == 5
+        publish(ready_channel, "fleet", "billing.charge.post")
+    assert depth(ready_channel, "billing") == 5
     # The new delivery limit holds: 2 ▶ the third return dead-letters the message.
     for _ in range(3):
-        method, _, _ = channel.basic_get("billing")
+        method, _, _ = ready_channel.basic_get("billing")
         assert method is not None
-        channel.basic_nack(method.delivery_tag, requeue=True)
-    poll(lambda: depth(channel, "billing.dead") == 1, 10, "a message in billing.dead")
-    assert depth(channel, "billing") == 4
-    [(_, properties, _)] = drain(channel, "billing.dead")
+        ready_channel.basic_nack(method.delivery_tag, requeue=True)
+    poll(lambda: depth(ready_channel, "billing.dead") == 1, 10, "a message in billing.dead")
+    assert depth(ready_channel, "billing") == 4
+    [(_, properties, _)] = drain(ready_channel, "billing.dead")
     assert properties.headers["x-death"][0]["reason"] == "delivery_limit"
     assert check(url, changed).ok
 
 
 def test_a_changed_tier_ttl_applies_live_but_parked_messages_keep_their_expiry(
-    url: str, vhost: str, channel: BlockingChannel
+    url: str, ready_vhost: str, ready_channel: BlockingChannel
 ) -> None:
     # Given a tier whose policy drifted to 60 s, holding a message parked under it.
     tier_policy = next(p for p in desired_topology(CONFIG).policies if p.name.endswith("retry.1s"))
     drifted = {**tier_policy.definition, "message-ttl": 60_000}
     rabbitmqctl(
-        "set_policy", "-p", vhost, "--apply-to", "queues", "--priority", "10",
+        "set_policy", "-p", ready_vhost, "--apply-to", "queues", "--priority", "10",
         "fleet.billing.retry.1s", "^billing\\.retry\\.1s$", json.dumps(drifted),
     )  # fmt: skip
     [finding] = check(url, CONFIG).findings
     assert (finding.name, finding.problem) == ("fleet.billing.retry.1s", "different")
     assert "message-ttl: 60000 → 1000" in finding.detail
-    publish(channel, "fleet.retry", "billing.1s", b"parked-under-60s")
+    publish(ready_channel, "fleet.retry", "billing.1s", b"parked-under-60s")
 
     # When apply restores 1 s.
     report = apply(url, CONFIG)
 
     assert [(c.name, c.action) for c in report.changed] == [("fleet.billing.retry.1s", "updated")]
-    assert effective_policies(vhost)["billing.retry.1s"]["definition"]["message-ttl"] == 1000
-    assert depth(channel, "billing.retry.1s") == 1, "the tier kept its message"
+    assert effective_policies(ready_vhost)["billing.retry.1s"]["definition"]["message-ttl"] == 1000
+    assert depth(ready_channel, "billing.retry.1s") == 1, "the tier kept its message"
     # Then a message parked now is due after 1 s, yet waits behind the older one: quorum queues
     # stamp the expiry at enqueue and expire only from the head.
-    publish(channel, "fleet.retry", "billing.1s", b"parked-under-1s")
+    publish(ready_channel, "fleet.retry", "billing.1s", b"parked-under-1s")
     time.sleep(2)
-    assert (depth(channel, "billing.retry.1s"), depth(channel, "billing")) == (2, 0)
+    assert (depth(ready_channel, "billing.retry.1s"), depth(ready_channel, "billing")) == (2, 0)
     # Once the head is gone the new TTL governs: the younger message is past due at once.
-    _, _, body = channel.basic_get("billing.retry.1s", auto_ack=True)
+    _, _, body = ready_channel.basic_get("billing.retry.1s", auto_ack=True)
     assert body == b"parked-under-60s"
-    poll(lambda: depth(channel, "billing") == 1, 10, "a message in billing")
-    assert [body for _, _, body in drain(channel, "billing")] == [b"parked-under-1s"]
+    poll(lambda: depth(ready_channel, "billing") == 1, 10, "a message in billing")
+    assert [body for _, _, body in drain(ready_channel, "billing")] == [b"parked-under-1s"]
 
 
 def test_check_reports_a_deleted_binding_and_a_deleted_policy_with_what_to_do(
-    url: str, vhost: str, channel: BlockingChannel
+    url: str, ready_vhost: str, ready_channel: BlockingChannel
 ) -> None:
-    channel.queue_unbind("billing", "fleet", "crm.customer.upsert")
-    rabbitmqctl("clear_policy", "-p", vhost, "fleet.crm")
+    ready_channel.queue_unbind("billing", "fleet", "crm.customer.upsert")
+    rabbitmqctl("clear_policy", "-p", ready_vhost, "fleet.crm")
 
     report = check(url, CONFIG)
 
@@ -245,9 +255,9 @@ def test_check_reports_a_deleted_binding_and_a_deleted_policy_with_what_to_do(
 
 
 def test_check_reports_a_stray_binding_and_a_leftover_tier(
-    url: str, vhost: str, channel: BlockingChannel
+    url: str, ready_vhost: str, ready_channel: BlockingChannel
 ) -> None:
-    channel.queue_bind("billing", "fleet", "crm.#")
+    ready_channel.queue_bind("billing", "fleet", "crm.#")
     shorter = dataclasses.replace(CONFIG, retry_tiers_s=(1,))
 
     findings = {(f.kind, f.name, f.problem): f for f in check(url, shorter).findings}
