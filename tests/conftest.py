@@ -84,6 +84,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.nodeid.split("::", 1)[0] in TIMING_SENSITIVE:
             item.add_marker(pytest.mark.xdist_group("timing"))
+    # Longest first, so that no long scenario starts last while the other process sits idle:
+    # the serial timing group, then the other slow tests, then the rest (a stable sort).
+    items.sort(
+        key=lambda item: (
+            0 if item.nodeid.split("::", 1)[0] in TIMING_SENSITIVE else 1,
+            0 if item.get_closest_marker("slow") else 1,
+        )
+    )
 
 
 _phases: dict[str, dict[str, float]] = {}
