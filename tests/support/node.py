@@ -6,6 +6,7 @@ fails in CI (never a silent pass).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -43,15 +44,21 @@ def node_modules_match_lock(package_dir: Path) -> bool:
 
 
 def npm_ci(npm: str, package_dir: Path) -> None:
-    """``npm ci`` in ``package_dir`` unless node_modules already matches the lock."""
-    if node_modules_match_lock(package_dir):
-        return
-    result = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund"],
-        cwd=package_dir,
-        capture_output=True,
-        text=True,
-        timeout=NPM_CI_TIMEOUT_S,
-    )
+    """``npm ci`` in ``package_dir`` unless node_modules already matches the lock.
+
+    Under an exclusive lock: test processes running in parallel (pytest -n) would otherwise
+    install at once, and ``npm ci`` deletes node_modules that another one is reading.
+    """
+    with (package_dir / ".npm-ci.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if node_modules_match_lock(package_dir):
+            return
+        result = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"],
+            cwd=package_dir,
+            capture_output=True,
+            text=True,
+            timeout=NPM_CI_TIMEOUT_S,
+        )
     if result.returncode != 0:
         pytest.fail(f"npm ci failed in {package_dir}:\n{result.stderr[-4000:]}")
