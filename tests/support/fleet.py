@@ -72,7 +72,6 @@ class FleetUnderTest:
     node: PrivateNode | None = None
     confirmed: dict[str, str] = field(default_factory=dict)
     publishers: dict[str, Publisher] = field(default_factory=dict)
-    network: SimulatedNetwork | None = None
     _log: EventLog | None = None
     _last_listing_at: float = 0.0
 
@@ -310,8 +309,7 @@ def fleet_under_test(
             database.result()
         engine = make_engine(DATABASE_URL, schema, pool_size=10, max_overflow=0)
         cleanup.callback(engine.dispose)
-        network = SimulatedNetwork()
-        server, _thread = serve_in_thread(network)
+        server, _thread = serve_in_thread(SimulatedNetwork())
         cleanup.callback(janitor.later, "stop the network simulator", _stop_simulator, server)
         url = node.amqp_url(vhost) if node else amqp_url(vhost)
         keys = KeyRegistry(ProducerKey.generate(p, t) for p, t in PRODUCER_TYPES.items())
@@ -339,7 +337,6 @@ def fleet_under_test(
             keys=keys,
             local=LocalFleet(settings, tmp_path / "logs"),
             events_file=events_file,
-            network=network,
         )
         cleanup.callback(fleet.close)
         yield fleet
