@@ -691,7 +691,7 @@ class DemoRun:
         self.fleet = DemoFleet({}, self.sandbox.log_dir)
         self.publishers: dict[str, Publisher] = {}
         self.sealed: dict[str, SealedMessage] = {}
-        self.tail = EventLog(self.sandbox.events_file)
+        self.tail = EventLog(self.sandbox.events_file, keep_events=False)
         self.tally = Tally()
         self.expected = Expected()
         self.keys: KeyRegistry | None = None

@@ -69,11 +69,13 @@ class EventLog:
 
     Each ``refresh`` reads only the bytes appended since the last one and parses only whole
     lines (a line another process is still writing waits for its end), so polling costs what
-    is new, not the whole file. It keeps every event and the tallies watchers ask for.
+    is new, not the whole file. It keeps the tallies watchers ask for and, unless
+    ``keep_events`` is false (a long demo), every event.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, keep_events: bool = True) -> None:
         self.path = path
+        self.keep_events = keep_events
         self.events: list[dict[str, Any]] = []
         self.kinds: Counter[str] = Counter()
         self.by_id: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -112,8 +114,10 @@ class EventLog:
                 kind = event["event"]
                 self.kinds[kind] += 1
                 message_id = str(event.get("message_id"))
-                self.by_id[message_id].append(event)
+                if self.keep_events:
+                    self.by_id[message_id].append(event)
                 if kind in FINAL_KINDS:
                     self.settled.add((message_id, str(event.get("queue", "")).split(".")[0]))
-            self.events.extend(fresh)
+            if self.keep_events:
+                self.events.extend(fresh)
             return fresh

@@ -63,3 +63,16 @@ def test_tallies_settled_deliveries_by_work_queue_and_counts_handled(tmp_path: P
     assert log.handled == 4
     assert [e["queue"] for e in log.by_id["a"]] == ["billing", "crm"]
     assert log.kinds["retried"] == 1
+
+
+def test_without_keeping_events_the_tallies_still_add_up(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    sink = EventSink(path)
+    sink.emit("ok", message_id="a", queue="billing")
+    sink.emit("dead", message_id="b", queue="crm")
+    sink.close()
+    log = EventLog(path, keep_events=False)
+    assert [e["message_id"] for e in log.refresh()] == ["a", "b"]
+    assert (log.events, dict(log.by_id)) == ([], {})
+    assert log.settled == {("a", "billing"), ("b", "crm")}
+    assert log.handled == 1
