@@ -102,7 +102,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    """The 20 slowest tests whole (set-up + call + teardown), beside pytest's per-phase list."""
+    """The 20 slowest tests whole, set-up + call + teardown (`--durations` lists phases)."""
     if not _phases:
         return
     totals = sorted(_phases.items(), key=lambda item: -sum(item[1].values()))[:20]
