@@ -39,7 +39,8 @@ from bench.publish import machine
 from queues.contracts import Contract
 from queues.topology import queues_of
 from tests.support.factories import sample
-from tests.support.fleet import FINAL_EVENTS, FleetUnderTest, fleet_under_test
+from tests.support.fleet import FleetUnderTest, fleet_under_test
+from workers.events import FINAL_KINDS
 
 RESULTS = Path(__file__).parent / "results" / "fleet.json"
 Job = tuple[str, Contract]  # (producer, payload)
@@ -114,7 +115,7 @@ def percentile(values: list[float], share: float) -> float | None:
 
 
 def outcome_summary(events: list[dict[str, Any]]) -> dict[str, Any]:
-    final = [e for e in events if e["event"] in FINAL_EVENTS]
+    final = [e for e in events if e["event"] in FINAL_KINDS]
     ages = [float(e["age_s"]) for e in final if e.get("age_s") is not None]
     span = max(e["at"] for e in final) - min(e["at"] for e in final) if len(final) > 1 else 0
     return {

@@ -42,7 +42,7 @@ from tests.support.db import (
     new_schema_name,
     require_database,
 )
-from tests.support.polling import poll
+from tests.support.polling import CTL_FIRST_S, poll
 from tests.support.rabbit import (
     PrivateNode,
     amqp_url,
@@ -51,13 +51,9 @@ from tests.support.rabbit import (
     rabbitmqctl,
     vhost_definitions,
 )
-from workers.events import FINAL_KINDS, EventLog
+from workers.events import EventLog
 from workers.ledger import LedgerReport, check_ledger, drain_dead_letters
 from workers.local import LocalFleet
-
-FINAL_EVENTS = FINAL_KINDS
-# rabbitmqctl boots an Erlang VM per call (~0.5 s of CPU): never poll it faster than this.
-RABBITMQCTL_POLL_S = 0.5
 
 
 @dataclass
@@ -195,9 +191,9 @@ class FleetUnderTest:
         """Every queue of the vhost ▶ deliveries the broker waits to hear about.
 
         Only rabbitmqctl knows; called in a loop, it waits so as to ask at most every
-        ``RABBITMQCTL_POLL_S``.
+        ``CTL_FIRST_S``.
         """
-        time.sleep(max(0.0, self._last_listing_at + RABBITMQCTL_POLL_S - time.monotonic()))
+        time.sleep(max(0.0, self._last_listing_at + CTL_FIRST_S - time.monotonic()))
         self._last_listing_at = time.monotonic()
         args = ("list_queues", "-p", self.vhost, "name", "messages_unacknowledged")
         listing = self.node.ctl(*args) if self.node else rabbitmqctl(*args)

@@ -28,9 +28,9 @@ AMQP_HOST = "127.0.0.1"
 AMQP_PORT = 5672
 
 
-def rabbitmqctl(*args: str, check: bool = True) -> str:
+def rabbitmqctl(*args: str, check: bool = True, stdin: str | None = None) -> str:
     result = subprocess.run(
-        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60
+        ["rabbitmqctl", "-q", *args], input=stdin, capture_output=True, text=True, timeout=60
     )
     if check and result.returncode != 0:
         raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}")
@@ -56,15 +56,7 @@ def import_definitions(document: dict[str, Any], node: str | None = None) -> Non
     """Load RabbitMQ definitions (vhosts, permissions, policies, exchanges, queues, bindings)
     in one rabbitmqctl call: each call boots an Erlang VM, so one import beats a chain of them."""
     target = ["-n", node] if node else []
-    result = subprocess.run(
-        ["rabbitmqctl", "-q", *target, "import_definitions", "--format", "json"],
-        input=json.dumps(document),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl import_definitions failed: {result.stderr.strip()}")
+    rabbitmqctl(*target, "import_definitions", "--format", "json", stdin=json.dumps(document))
 
 
 def vhost_definitions(vhost: str, topology: TopologyConfig | None = None) -> dict[str, Any]:
