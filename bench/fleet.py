@@ -94,14 +94,19 @@ def publish(fleet: FleetUnderTest, jobs: list[Job]) -> None:
         fleet.publish([payload for _producer, payload in run], producer)
 
 
-def publish_at_rate(fleet: FleetUnderTest, jobs: list[Job], per_s: float) -> float:
-    """Publish ``jobs`` evenly at ``per_s`` messages per second; return the achieved rate."""
-    tick_s = 0.1
-    per_tick = max(1, round(per_s * tick_s))
+def publish_at_rate(
+    fleet: FleetUnderTest, jobs: list[Job], per_s: float, tick_s: float = 0.1
+) -> float:
+    """Publish ``jobs`` evenly at ``per_s`` messages per second, a batch every ``tick_s``;
+    return the achieved rate."""
     started = time.monotonic()
-    for tick, first in enumerate(range(0, len(jobs), per_tick)):
-        publish(fleet, jobs[first : first + per_tick])
-        pause = started + (tick + 1) * tick_s - time.monotonic()
+    sent = ticks = 0
+    while sent < len(jobs):
+        ticks += 1
+        due = min(len(jobs), round(per_s * ticks * tick_s))  # on schedule, not rounded per tick
+        publish(fleet, jobs[sent:due])
+        sent = due
+        pause = started + ticks * tick_s - time.monotonic()
         if pause > 0:
             time.sleep(pause)
     return len(jobs) / (time.monotonic() - started)

@@ -328,7 +328,7 @@ def test_fleet_worker_defaults_the_budget_relies_on() -> None:
 # -- the benchmarks (never run here: they only have to compile) ---------------------------------
 
 
-@pytest.mark.parametrize("script", ["publish.py", "fleet.py"])
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "bench").glob("*.py")))
 def test_bench_scripts_compile(script: str, tmp_path: Path) -> None:
     py_compile.compile(
         str(ROOT / "bench" / script), cfile=str(tmp_path / f"{script}c"), doraise=True
