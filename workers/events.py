@@ -45,11 +45,14 @@ class EventSink:
 
     def emit(self, kind: str, **fields: Any) -> dict[str, Any]:
         event = {"event": kind, "at": round(time.time(), 6), "pid": os.getpid(), **fields}
-        line = json.dumps(event, default=str, separators=(",", ":"))
         level = logging.WARNING if kind in FAILURE_KINDS else logging.DEBUG
-        log.log(level, line, extra={"fleet_event": event})
-        if self._fd is not None:
-            os.write(self._fd, (line + "\n").encode())
+        logged = log.isEnabledFor(level)
+        if logged or self._fd is not None:  # the hot path skips the JSON when nobody reads it
+            line = json.dumps(event, default=str, separators=(",", ":"))
+            if logged:
+                log.log(level, line, extra={"fleet_event": event})
+            if self._fd is not None:
+                os.write(self._fd, (line + "\n").encode())
         for subscriber in self._subscribers:
             try:
                 subscriber(event)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from handlers import bus
+from handlers.batch import batchable
 from handlers.network import HttpNetworkElement
 from handlers.store.db import make_engine
 from handlers.store.uow import UnitOfWork
@@ -24,10 +25,12 @@ from workers.breaker import Breakers, CircuitBreaker, QueueControl
 from workers.events import EventSink
 from workers.lifecycle import Lifecycle, RetryPolicy
 from workers.settings import Settings, get_settings
+from workers.writer import BatchWriter
 
 FAULT_POINTS = frozenset(
     {
         "before_commit",
+        "mid_batch",
         "after_commit_before_ack",
         "after_retry_publish_before_ack",
         "relay_after_claim_before_publish",
@@ -45,6 +48,12 @@ class Faults:
         self.point = settings.fault_at
         self.marker = settings.fault_marker
         self.poison = frozenset(settings.fault_crash_message_ids)
+
+    def before_batch_commit(self, size: int) -> None:
+        """The batch writer's hook: ``before_commit`` for any batch, ``mid_batch`` for 2 or more."""
+        self("before_commit", None)
+        if size >= 2:
+            self("mid_batch", None)
 
     def __call__(self, point: str, opened: OpenedMessage | None) -> None:
         if (
@@ -84,9 +93,12 @@ class Runtime:
     lifecycle: Lifecycle
     breakers: Breakers
     faults: Faults
+    writer: BatchWriter | None = None
 
     def close(self) -> None:
         self.breakers.close()
+        if self.writer is not None:
+            self.writer.close()
         if self.settings.keys_file is not None:
             self.keys.flush_usage(self.settings.keys_file)  # for `fleet keys list`
         self.publisher.close()
@@ -137,8 +149,24 @@ def build_runtime(settings: Settings | None = None) -> Runtime:
             else UnitOfWork(engine)
         )
 
+    writer = (
+        BatchWriter(
+            engine,
+            max_messages=settings.batch_max_messages,
+            max_wait_s=settings.batch_wait_ms / 1000,
+            events=events,
+            before_commit=faults.before_batch_commit,
+        )
+        if settings.batch_max_messages > 1
+        else None
+    )
+
     def apply(queue: str, opened: OpenedMessage) -> str:
         header = opened.header
+        if writer is not None and batchable(queue, header.message_type):
+            outcome = writer.submit(queue, opened)
+            if outcome is not None:
+                return str(outcome)
         return str(bus.handle(queue, header.message_id, header, opened.payload, new_uow, network))
 
     breakers = Breakers(
@@ -162,7 +190,9 @@ def build_runtime(settings: Settings | None = None) -> Runtime:
         fault_hook=faults,
         breakers=breakers,
     )
-    return Runtime(settings, keys, engine, network, publisher, events, lifecycle, breakers, faults)
+    return Runtime(
+        settings, keys, engine, network, publisher, events, lifecycle, breakers, faults, writer
+    )
 
 
 @dataclass

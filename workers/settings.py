@@ -93,6 +93,18 @@ class Settings(BaseSettings):
     worker_threads: int = Field(
         default=4, ge=1, le=64, description="Worker threads per process (= prefetch per queue)"
     )
+    batch_max_messages: int = Field(
+        default=64,
+        ge=1,
+        le=1000,
+        description="Most messages one transaction commits together (1 = no batching)",
+    )
+    batch_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=1000,
+        description="How long a batch waits for more messages after its first, milliseconds",
+    )
     shutdown_timeout_s: float = Field(
         default=20.0, gt=0, description="How long a stopping worker finishes in-flight messages"
     )
@@ -160,7 +172,8 @@ class Settings(BaseSettings):
     )
     fault_at: str | None = Field(
         default=None,
-        description="TESTS ONLY: crash point before_commit | after_commit_before_ack | "
+        description="TESTS ONLY: crash point before_commit | mid_batch (before a batch of 2 "
+        "or more commits) | after_commit_before_ack | "
         "after_retry_publish_before_ack | relay_after_claim_before_publish (the outbox relay) | "
         "archive_after_commit_before_ack (the archiver)",
     )

@@ -1,0 +1,160 @@
+"""The batch writer: one per worker process, it commits many messages' effects in one transaction.
+
+    outcome = writer.submit(queue, opened)   # a worker thread waits here; None ▶ run it alone
+
+Worker threads open, authorize and validate their own deliveries, then hand a message of a
+batched type (``handlers.batch``) to the writer and wait. The writer takes what is waiting —
+up to ``max_messages``, or what arrived within ``max_wait_s`` of the first — and applies it with
+``handlers.batch.apply_batch``: one inbox claim, set-based effects, one commit. Each waiting
+thread then gets its own outcome and settles its own delivery (the lifecycle acks after the
+commit, as on the one-message path).
+
+Nothing is decided for a message that the one-message path would decide differently: a message
+the batch answers ``UNROLL`` is dropped from the batch, the rest is applied again without it, and
+its thread runs it alone (``None``). Any exception — a deadlock, a lost connection, a bug — does
+the same for the whole batch. So a failure costs the batch its sharing, never a message its
+precise outcome, and exactly-once rests on the same inbox claim as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue as queue_module
+import threading
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from handlers import batch
+from handlers.context import Outcome
+from queues.envelope import OpenedMessage
+from workers.events import EventSink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Waiting:
+    item: batch.Item
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: Outcome | None = None
+
+    def answer(self, outcome: Outcome | None) -> None:
+        self.outcome = outcome
+        self.done.set()
+
+
+class BatchWriter:
+    """Applies the batched types of one process's deliveries in shared transactions."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_messages: int,
+        max_wait_s: float,
+        events: EventSink,
+        before_commit: batch.BeforeCommit = lambda size: None,
+    ) -> None:
+        if max_messages < 2:
+            raise ValueError("a batch writer needs max_messages of at least 2")
+        self.engine = engine
+        self.max_messages = max_messages
+        self.max_wait_s = max_wait_s
+        self.events = events
+        self.before_commit = before_commit
+        self._waiting: queue_module.SimpleQueue[_Waiting | None] = queue_module.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="fleet-batch-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, queue: str, opened: OpenedMessage) -> Outcome | None:
+        """The outcome of ``opened`` applied in a batch, or None: apply it alone."""
+        if self._closed or not self._thread.is_alive():
+            return None
+        header = opened.header
+        ctx = batch.context_for(
+            queue,
+            header.message_id,
+            header.message_type,
+            header.producer,
+            header.created_at,
+            header.correlation_id,
+        )
+        waiting = _Waiting(batch.Item(ctx, opened.payload))
+        self._waiting.put(waiting)
+        waiting.done.wait()
+        return waiting.outcome
+
+    def close(self) -> None:
+        """Finish the batch in hand, answer every later submission with None, stop."""
+        self._closed = True
+        self._waiting.put(None)
+        self._thread.join(timeout=30)
+
+    # -- the writer thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            first = self._waiting.get()
+            if first is None:
+                break
+            taken = [first]
+            stop = self._gather(taken)
+            try:
+                self._apply(taken)
+            except BaseException:  # never leave a worker thread waiting
+                log.exception("batch writer failed; its messages run alone")
+                for waiting in taken:
+                    if not waiting.done.is_set():
+                        waiting.answer(None)
+            if stop:
+                break
+        self._drain()
+
+    def _gather(self, taken: list[_Waiting]) -> bool:
+        """Add what is waiting (or arrives within max_wait_s) to ``taken``; True: stop after."""
+        deadline = time.monotonic() + self.max_wait_s
+        while len(taken) < self.max_messages:
+            remaining = deadline - time.monotonic()
+            try:
+                waiting = (
+                    self._waiting.get(timeout=remaining)
+                    if remaining > 0
+                    else self._waiting.get_nowait()
+                )
+            except queue_module.Empty:
+                return False
+            if waiting is None:
+                return True
+            taken.append(waiting)
+        return False
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                waiting = self._waiting.get_nowait()
+            except queue_module.Empty:
+                return
+            if waiting is not None:
+                waiting.answer(None)
+
+    def _apply(self, taken: list[_Waiting]) -> None:
+        try:
+            settled = batch.apply_until_settled(
+                self.engine, [waiting.item for waiting in taken], before_commit=self.before_commit
+            )
+        except Exception as exc:
+            log.warning(
+                "a batch of %d failed (%s); its messages run alone", len(taken), type(exc).__name__
+            )
+            settled = batch.Settled([None] * len(taken), committed=0)
+        for waiting, outcome in zip(taken, settled.outcomes, strict=True):
+            waiting.answer(outcome)
+        self.events.emit(
+            "batch",
+            size=len(taken),
+            committed=settled.committed,
+            alone=len(taken) - settled.committed,
+        )
