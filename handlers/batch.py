@@ -114,94 +114,65 @@ def record_outcomes(connection: Connection, decided: Sequence[tuple[Item, Outcom
 
 # -- billing.charge.post --------------------------------------------------------------------------
 
-_LOCK_ACCOUNTS = text(
-    "SELECT account_id, currency, status FROM billing_accounts "
-    "WHERE account_id = ANY(CAST(:ids AS uuid[])) ORDER BY account_id FOR NO KEY UPDATE"
-)
-
-_INSERT_CHARGES = text(
-    "INSERT INTO billing_charges (charge_id, account_id, source_reference, amount_minor, "
-    "currency, description, charged_at, service_id, message_id) "
-    "SELECT * FROM unnest(CAST(:charge_ids AS uuid[]), CAST(:account_ids AS uuid[]), "
-    "CAST(:references AS text[]), CAST(:amounts AS bigint[]), CAST(:currencies AS text[]), "
-    "CAST(:descriptions AS text[]), CAST(:charged_at AS timestamptz[]), "
-    "CAST(:service_ids AS uuid[]), CAST(:message_ids AS uuid[])) "
+_POST_CHARGES = text(
+    "WITH input AS (SELECT * FROM unnest(CAST(:ords AS int[]), CAST(:charge_ids AS uuid[]), "
+    "CAST(:account_ids AS uuid[]), CAST(:references AS text[]), CAST(:amounts AS bigint[]), "
+    "CAST(:currencies AS text[]), CAST(:descriptions AS text[]), "
+    "CAST(:charged_at AS timestamptz[]), CAST(:service_ids AS uuid[]), "
+    "CAST(:message_ids AS uuid[])) AS t(ord, charge_id, account_id, source_reference, "
+    "amount_minor, currency, description, charged_at, service_id, message_id)), "
+    # The accounts, locked in key order: two batches never deadlock on them.
+    "accounts AS (SELECT account_id, currency, status FROM billing_accounts "
+    "WHERE account_id IN (SELECT account_id FROM input) ORDER BY account_id "
+    "FOR NO KEY UPDATE), "
+    "accepted AS (SELECT i.* FROM input i JOIN accounts a ON a.account_id = i.account_id "
+    "AND a.status = 'open' AND a.currency = i.currency), "
+    # In arrival order: a business key taken twice in one batch goes to the first, as one by one.
+    "posted AS (INSERT INTO billing_charges (charge_id, account_id, source_reference, "
+    "amount_minor, currency, description, charged_at, service_id, message_id) "
+    "SELECT charge_id, account_id, source_reference, amount_minor, currency, description, "
+    "charged_at, service_id, message_id FROM accepted ORDER BY ord "
     "ON CONFLICT (account_id, source_reference) DO NOTHING "
-    "RETURNING message_id"
-)
-
-_ADD_TO_BALANCES = text(
-    "UPDATE billing_accounts AS a SET balance_minor = a.balance_minor + t.total "
-    "FROM (SELECT account_id, CAST(sum(amount) AS bigint) AS total "
-    "FROM unnest(CAST(:account_ids AS uuid[]), CAST(:amounts AS bigint[])) "
-    "AS u(account_id, amount) GROUP BY account_id) AS t "
-    "WHERE a.account_id = t.account_id"
+    "RETURNING message_id, account_id, amount_minor), "
+    "added AS (UPDATE billing_accounts AS b SET balance_minor = b.balance_minor + t.total "
+    "FROM (SELECT account_id, CAST(sum(amount_minor) AS bigint) AS total FROM posted "
+    "GROUP BY account_id) AS t WHERE b.account_id = t.account_id RETURNING b.account_id) "
+    "SELECT i.ord, a.account_id IS NOT NULL AND a.status = 'open' AND a.currency = i.currency "
+    "AS accepted, p.message_id IS NOT NULL AS posted "
+    "FROM input i LEFT JOIN accounts a ON a.account_id = i.account_id "
+    "LEFT JOIN posted p ON p.message_id = i.message_id"
 )
 
 
 def post_charges(connection: Connection, items: Sequence[Item]) -> list[Decision]:
-    """``handlers.billing.post_charge`` for many charges.
+    """``handlers.billing.post_charge`` for many charges, in one statement.
 
-    The accounts are locked in key order first (so two batches never deadlock on them), then
-    a charge whose account is missing, closed or in another currency is unrolled (its handler
-    raises ``NotYet``, ``AccountClosed`` or ``CurrencyMismatch`` on the one-message path).
+    The accounts are locked in key order (so two batches never deadlock on them); a charge
+    whose account is missing, closed or in another currency is unrolled (its handler raises
+    ``NotYet``, ``AccountClosed`` or ``CurrencyMismatch`` on the one-message path); a source
+    reference charged before on the account is a duplicate (business-key idempotency).
     """
     charges = [_payload(item, PostCharge) for item in items]
-    accounts = {
-        row.account_id: row
-        for row in connection.execute(
-            _LOCK_ACCOUNTS, {"ids": sorted({charge.account_id for charge in charges})}
-        )
-    }
-    decisions: list[Decision] = []
-    posting: list[tuple[Item, PostCharge]] = []
-    for item, charge in zip(items, charges, strict=True):
-        account = accounts.get(charge.account_id)
-        if (
-            account is None
-            or account.status != "open"
-            or account.currency != charge.amount.currency
-        ):
-            decisions.append(UNROLL)
-        else:
-            decisions.append(Outcome.OK)
-            posting.append((item, charge))
-    if not posting:
-        return decisions
-    inserted = {
-        row.message_id
-        for row in connection.execute(
-            _INSERT_CHARGES,
-            {
-                "charge_ids": [charge_id_for(c.account_id, c.source_reference) for _, c in posting],
-                "account_ids": [c.account_id for _, c in posting],
-                "references": [c.source_reference for _, c in posting],
-                "amounts": [c.amount.amount_minor for _, c in posting],
-                "currencies": [c.amount.currency for _, c in posting],
-                "descriptions": [c.description for _, c in posting],
-                "charged_at": [c.charged_at for _, c in posting],
-                "service_ids": [c.service_id for _, c in posting],
-                "message_ids": [item.ctx.message_id for item, _ in posting],
-            },
-        )
-    }
-    added = [(item, c) for item, c in posting if item.ctx.message_id in inserted]
-    if added:
-        connection.execute(
-            _ADD_TO_BALANCES,
-            {
-                "account_ids": [c.account_id for _, c in added],
-                "amounts": [c.amount.amount_minor for _, c in added],
-            },
-        )
-    # A source reference charged before on this account: a duplicate (business-key idempotency).
-    duplicate = {item.ctx.message_id for item, _ in posting} - inserted
-    return [
-        Outcome.DUPLICATE
-        if decision is Outcome.OK and item.ctx.message_id in duplicate
-        else decision
-        for item, decision in zip(items, decisions, strict=True)
-    ]
+    rows = connection.execute(
+        _POST_CHARGES,
+        {
+            "ords": list(range(len(items))),
+            "charge_ids": [charge_id_for(c.account_id, c.source_reference) for c in charges],
+            "account_ids": [c.account_id for c in charges],
+            "references": [c.source_reference for c in charges],
+            "amounts": [c.amount.amount_minor for c in charges],
+            "currencies": [c.amount.currency for c in charges],
+            "descriptions": [c.description for c in charges],
+            "charged_at": [c.charged_at for c in charges],
+            "service_ids": [c.service_id for c in charges],
+            "message_ids": [item.ctx.message_id for item in items],
+        },
+    )
+    decisions: list[Decision] = [UNROLL] * len(items)
+    for row in rows:
+        if row.accepted:
+            decisions[row.ord] = Outcome.OK if row.posted else Outcome.DUPLICATE
+    return decisions
 
 
 # -- crm.interaction.log --------------------------------------------------------------------------
@@ -420,21 +391,25 @@ class Settled:
 
 
 def apply_until_settled(
-    engine: Engine, items: Sequence[Item], *, before_commit: BeforeCommit = lambda size: None
+    bind: Engine | Connection,
+    items: Sequence[Item],
+    *,
+    before_commit: BeforeCommit = lambda size: None,
 ) -> Settled:
     """Apply ``items`` in one transaction, dropping what it unrolls and applying the rest again.
 
-    An item answered None runs on the one-message path (which raises its precise error); so
-    do all items when the database raises (a deadlock, a lost connection, a bug), or when
-    ``MAX_PASSES`` passes still unroll some.
+    ``bind``: a connection the caller keeps between batches (no pool checkout per batch), or
+    an engine to take one from. An item answered None runs on the one-message path (which
+    raises its precise error); so do all items when the database raises (a deadlock, a lost
+    connection, a bug: the exception propagates), or when ``MAX_PASSES`` passes still unroll.
     """
+    if isinstance(bind, Engine):
+        with bind.connect() as connection:
+            return apply_until_settled(connection, items, before_commit=before_commit)
     outcomes: list[Outcome | None] = [None] * len(items)
     pending = list(range(len(items)))
     for _ in range(MAX_PASSES):
-        with engine.connect() as connection:
-            decisions = apply_batch(
-                connection, [items[i] for i in pending], before_commit=before_commit
-            )
+        decisions = apply_batch(bind, [items[i] for i in pending], before_commit=before_commit)
         unrolled = [i for i, d in zip(pending, decisions, strict=True) if d is UNROLL]
         if not unrolled:
             for index, decision in zip(pending, decisions, strict=True):

@@ -18,13 +18,14 @@ precise outcome, and exactly-once rests on the same inbox claim as before.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue as queue_module
 import threading
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from handlers import batch
 from handlers.context import Outcome
@@ -66,6 +67,7 @@ class BatchWriter:
         self.before_commit = before_commit
         self._waiting: queue_module.SimpleQueue[_Waiting | None] = queue_module.SimpleQueue()
         self._closed = False
+        self._connection: Connection | None = None  # the writer thread's own, kept between batches
         self._thread = threading.Thread(target=self._run, name="fleet-batch-writer", daemon=True)
         self._thread.start()
 
@@ -112,6 +114,7 @@ class BatchWriter:
             if stop:
                 break
         self._drain()
+        self._discard_connection()
 
     def _gather(self, taken: list[_Waiting]) -> bool:
         """Add what is waiting (or arrives within max_wait_s) to ``taken``; True: stop after."""
@@ -131,6 +134,15 @@ class BatchWriter:
             taken.append(waiting)
         return False
 
+    def _discard_connection(self) -> None:
+        """After a failure the connection may be dead or mid-transaction: never reuse it."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.invalidate()
+            with contextlib.suppress(Exception):
+                connection.close()
+
     def _drain(self) -> None:
         while True:
             try:
@@ -142,10 +154,15 @@ class BatchWriter:
 
     def _apply(self, taken: list[_Waiting]) -> None:
         try:
+            if self._connection is None:
+                self._connection = self.engine.connect()
             settled = batch.apply_until_settled(
-                self.engine, [waiting.item for waiting in taken], before_commit=self.before_commit
+                self._connection,
+                [waiting.item for waiting in taken],
+                before_commit=self.before_commit,
             )
         except Exception as exc:
+            self._discard_connection()
             log.warning(
                 "a batch of %d failed (%s); its messages run alone", len(taken), type(exc).__name__
             )
