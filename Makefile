@@ -44,11 +44,15 @@ test-fast: install tools services lint typecheck
 demo: install services
 	$(BIN)/fleet demo $(DEMO_ARGS)
 
-## Benchmarks (never part of `make test`): publisher throughput, then the fleet end to end.
-## Results go to bench/results/*.json; bench/README.md holds the goals and the latest numbers.
+## Benchmarks (never part of `make test`, ~9 min): the fleet against its baselines in one run
+## (throughput ratios, message age), publisher throughput, envelope sealing and opening.
+## BENCH_ARGS="--park 50000" adds worker memory with parked retries; "--quick" is a smoke run.
+## Results go to bench/results/*.json; bench/README.md explains them.
+BENCH_ARGS ?=
 bench: install services
+	$(BIN)/python -m bench.ratios $(BENCH_ARGS)
 	$(BIN)/python -m bench.publish
-	$(BIN)/python -m bench.fleet
+	$(BIN)/python -m bench.envelope
 
 ## Regenerate the committed JSON Schemas after changing a contract.
 schemas: install

@@ -71,8 +71,8 @@ class MachineCpu:
 
 
 def cpu_canary(repeat: int = 5) -> float:
-    """CPU seconds of a fixed pure-Python loop (best of ``repeat``): how fast this machine runs
-    Python, so that runs on different machines can be compared."""
+    """CPU milliseconds of a fixed pure-Python loop (best of ``repeat``): how fast this machine
+    runs Python, so that runs on different machines can be compared."""
     best = float("inf")
     for _ in range(repeat):
         started = time.process_time()
@@ -80,7 +80,7 @@ def cpu_canary(repeat: int = 5) -> float:
         for i in range(CANARY_LOOPS):
             total += i * i % 7
         best = min(best, time.process_time() - started)
-    return round(best, 4)
+    return round(best * 1000, 1)
 
 
 def percentile(values: list[float], share: float) -> float | None:

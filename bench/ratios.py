@@ -53,7 +53,14 @@ from sqlalchemy import create_engine, text
 
 from bench import fleet as journeys
 from bench.baseline import Base
-from bench.measure import MachineCpu, cpu_canary, group_cpu_s, group_rss_mib, percentile
+from bench.measure import (
+    CANARY_LOOPS,
+    MachineCpu,
+    cpu_canary,
+    group_cpu_s,
+    group_rss_mib,
+    percentile,
+)
 from bench.publish import machine
 from queues.contracts import Contract
 from queues.topology import retry_queue
@@ -363,20 +370,19 @@ class Bench:
         """Charges published at ``rate_per_s`` to running workers; message age at the outcome."""
         options = self.options
         child = self.fleet.start_workers(processes=options.processes, threads=options.threads)
+        alive: Callable[[], bool] = lambda: child.poll() is None  # noqa: E731
         try:
             warm_up = self.charges(options.processes * options.threads * 4)
             tally = FleetTally(self.log)
             self.fleet.publish(warm_up)
-            watch(
-                "warm-up", 0, child.pid, tally.poll, len(warm_up), options.timeout_s, lambda: True
-            )
+            watch("warm-up", 0, child.pid, tally.poll, len(warm_up), options.timeout_s, alive)
             tally = FleetTally(self.log)
             jobs = [("fleet", c) for c in self.charges(round(rate_per_s * options.steady_seconds))]
             harness_started, cpu_started = time.process_time(), group_cpu_s(child.pid)
             machine_started = MachineCpu.now()
             achieved = journeys.publish_at_rate(self.fleet, jobs, rate_per_s, tick_s=0.02)
             publish_cpu_s = time.process_time() - harness_started
-            watch("steady", 0, child.pid, tally.poll, len(jobs), options.timeout_s, lambda: True)
+            watch("steady", 0, child.pid, tally.poll, len(jobs), options.timeout_s, alive)
             worker_cpu_s = group_cpu_s(child.pid) - cpu_started
             busy = MachineCpu.now().busy_cores_since(machine_started)
         finally:
@@ -417,33 +423,40 @@ def park(options: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         opened = [sample("billing.account.open") for _ in range(50)]
         accounts = [account.account_id for account in opened]  # type: ignore[attr-defined]
         fleet.publish(opened, "order-management")
-        # The warm-up takes both paths, a commit and a retry, before the first reading.
-        warm_up = [
-            sample("billing.charge.post", account_id=random.choice(accounts)) for _ in range(2000)
-        ]
-        fleet.publish(warm_up)
-        unknown = [sample("billing.charge.post") for _ in range(500)]
-        fleet.publish(unknown)
         child = fleet.start_workers(processes=options.processes, threads=options.threads)
         try:
-            tally = FleetTally(log)
             alive: Callable[[], bool] = lambda: child.poll() is None  # noqa: E731
-            done = len(opened) + len(warm_up)
-            watch("park warm-up", 0, child.pid, tally.poll, done, options.timeout_s, alive)
+            tally = FleetTally(log)
+            watch("park accounts", 0, child.pid, tally.poll, len(opened), options.timeout_s, alive)
+            # The warm-up takes both paths, a commit and a retry, before the first reading.
+            tally = FleetTally(log)
+            warm_up = [
+                sample("billing.charge.post", account_id=random.choice(accounts))
+                for _ in range(2000)
+            ]
+            unknown = [sample("billing.charge.post") for _ in range(500)]
+            fleet.publish(warm_up + unknown)
+            watch("park warm-up", 0, child.pid, tally.poll, len(warm_up), options.timeout_s, alive)
             watch(
                 "park warm-up", 0, child.pid, tally.retried, len(unknown), options.timeout_s, alive
             )
             time.sleep(2)
-            before = group_rss_mib(child.pid)
-            peak, parking_started = before, time.monotonic()
+            before = peak = group_rss_mib(child.pid)
+            parking_started = time.monotonic()
             for start in range(0, options.park, 5000):
                 batch = [
                     sample("billing.charge.post") for _ in range(min(5000, options.park - start))
                 ]
                 fleet.publish(batch)
                 peak = max(peak, group_rss_mib(child.pid))
+
+            def parked_so_far() -> Progress:
+                nonlocal peak
+                peak = max(peak, group_rss_mib(child.pid))
+                return tally.retried()
+
             parked = len(unknown) + options.park
-            watch("park", 0, child.pid, tally.retried, parked, options.timeout_s * 4, alive)
+            watch("park", 0, child.pid, parked_so_far, parked, options.timeout_s * 4, alive)
             parking_s = time.monotonic() - parking_started
             time.sleep(2)
             after = group_rss_mib(child.pid)
@@ -463,6 +476,23 @@ def park(options: argparse.Namespace, scratch: Path) -> dict[str, Any]:
 
 
 # -- the run ------------------------------------------------------------------------------------
+
+
+def code_version() -> str:
+    """The commit measured, ``-dirty`` when the work tree had changes (others' work included)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{commit or 'unknown'}{'-dirty' if changes else ''}"
 
 
 def order(round_no: int) -> list[str]:
@@ -535,7 +565,8 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "ratios",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
-        "cpu_canary_s": {"before": canary_before, "after": cpu_canary(), "loops": 1_000_000},
+        "code": code_version(),
+        "cpu_canary_ms": {"before": canary_before, "after": cpu_canary(), "loops": CANARY_LOOPS},
         "config": {
             "processes": options.processes,
             "threads": options.threads,
@@ -609,12 +640,12 @@ def render(result: dict[str, Any]) -> str:
     lines.append("goals:")
     for g in result["goals"]:
         lines.append(f"  {g['goal']:<40}{_value(g):>10}   {'met' if g['met'] else 'UNMET'}")
-    canary, harness, checks = result["cpu_canary_s"], result["harness"], result["checks"]
+    canary, harness, checks = result["cpu_canary_ms"], result["harness"], result["checks"]
     lines.append(
-        f"CPU canary {canary['before']:.3f} s / {canary['after']:.3f} s (before / after); "
+        f"CPU canary {canary['before']} / {canary['after']} ms (before / after); "
         f"harness CPU {harness['cpu_s']} s in {harness['wall_s']} s "
         f"({harness['share_of_one_core']:.1%} of one core); "
-        f"load average {result['machine']['load_average_1m']}"
+        f"load average {result['machine']['load_average_1m']}; code {result['code']}"
     )
     lines.append(
         f"checks: fleet ledger ok {checks['fleet_ledger_ok']} (lost {checks['fleet_lost']}, "
