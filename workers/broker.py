@@ -209,6 +209,11 @@ class FleetConsumer(dramatiq.Consumer):
         self._owner = threading.current_thread()
         self._ready: deque[FleetMessageProxy] = deque()
         self._consumer_tag: str | None = None
+        # Settlements handed over by worker threads, run together by the consumer thread.
+        self._settling: deque[tuple[int, Settlement]] = deque()
+        self._settle_scheduled = False
+        self._settle_lock = threading.Lock()
+        self._unsettled: set[int] = set()  # delivery tags of this channel not settled yet
         try:
             self._connection = pika.BlockingConnection(broker.parameters)
         except AMQPConnectionError as exc:
@@ -260,6 +265,7 @@ class FleetConsumer(dramatiq.Consumer):
             kwargs={},
             options={},
         )
+        self._unsettled.add(method.delivery_tag)
         self._ready.append(FleetMessageProxy(message, delivery, method.delivery_tag, self))
 
     def __next__(self) -> FleetMessageProxy | None:
@@ -312,17 +318,43 @@ class FleetConsumer(dramatiq.Consumer):
         if message.consumer is not self:
             # Dramatiq hands an old delivery to the thread's newest consumer after a reconnect;
             # its tag means nothing on this channel, and the broker already returned it.
-            message.consumer._call(lambda: message.consumer._settle_now(message, settlement))
+            message.consumer._settle(message, settlement)
             return
-        self._call(lambda: self._settle_now(message, settlement))
+        with self._settle_lock:
+            self._settling.append((message.delivery_tag, settlement))
+            if self._settle_scheduled:
+                return  # the consumer thread has a run of settlements coming; this joins it
+            self._settle_scheduled = True
+        if not self._call(self._settle_pending):
+            with self._settle_lock:  # the connection is gone; the broker returns them itself
+                self._settle_scheduled = False
 
-    def _settle_now(self, message: FleetMessageProxy, settlement: Settlement) -> None:
+    def _settle_pending(self) -> None:
+        """Settle what worker threads handed over (consumer thread): acks that complete the
+        oldest unsettled deliveries go as one ``multiple`` ack, the rest one by one."""
+        with self._settle_lock:
+            self._settle_scheduled = False
+            pending = list(self._settling)
+            self._settling.clear()
         if not self._channel.is_open:
             return  # the broker returns unacked deliveries of a closed channel by itself
-        if settlement is Settlement.ACK:
-            self._channel.basic_ack(message.delivery_tag)
-        else:
-            self._channel.basic_nack(message.delivery_tag, requeue=True)
+        acks = {tag for tag, settlement in pending if settlement is Settlement.ACK}
+        oldest_first = sorted(self._unsettled)
+        run = 0
+        while run < len(oldest_first) and oldest_first[run] in acks:
+            run += 1
+        if run >= 2:
+            self._channel.basic_ack(oldest_first[run - 1], multiple=True)
+            acks.difference_update(oldest_first[:run])
+            self._unsettled.difference_update(oldest_first[:run])
+        for tag, settlement in pending:
+            if tag not in self._unsettled:
+                continue  # acked above (or settled twice: once is what counts)
+            self._unsettled.discard(tag)
+            if settlement is Settlement.ACK:
+                self._channel.basic_ack(tag)
+            else:
+                self._channel.basic_nack(tag, requeue=True)
 
     def _consume_now(self) -> None:
         if self._consumer_tag is None and self._channel.is_open:
@@ -333,18 +365,21 @@ class FleetConsumer(dramatiq.Consumer):
             self._channel.basic_cancel(self._consumer_tag)
             self._consumer_tag = None
 
-    def _call(self, action: Callable[[], None]) -> None:
+    def _call(self, action: Callable[[], None]) -> bool:
+        """Run ``action`` on the consumer thread (now, if this is it); False when it cannot."""
         try:
             if threading.current_thread() is self._owner or self._owner_thread_gone():
                 action()
             else:
                 self._connection.add_callback_threadsafe(action)
+            return True
         except (AMQPError, RuntimeError, ValueError) as exc:
             log.warning(
                 "could not settle on %s (%s): the broker returns the message by itself",
                 self.queue_name,
                 type(exc).__name__,
             )
+            return False
 
     def _owner_thread_gone(self) -> bool:
         return not self._owner.is_alive()

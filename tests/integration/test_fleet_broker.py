@@ -699,3 +699,58 @@ def test_fact_a_retry_tier_dead_letters_back_as_a_fresh_delivery_with_x_death_ex
     assert death["queue"] == "billing.retry.1s"
     assert death["exchange"] == "fleet.retry"
     assert death["count"] == 1
+
+
+def test_settlements_handed_over_together_ack_the_oldest_run_at_once_and_requeue_the_rest(
+    place: Place,
+) -> None:
+    """Worker threads settle out of order; the consumer thread acks the oldest unsettled run
+    with one ``multiple`` ack, and a requeue in the middle is never covered by it."""
+    broker = FleetBroker(place.url, choose_actor=choose_by_body, prefetch=8)
+    bodies = [f"alpha: {n}".encode() for n in range(6)]
+    publish(place.url, "billing.charge.post", *bodies)
+    consumer = broker.consume("billing", timeout=200)
+    try:
+        taken: list[FleetMessageProxy] = []
+        for _ in range(100):
+            message = next(consumer)
+            if message is not None:
+                taken.append(message)
+            if len(taken) == 6:
+                break
+        sent: list[tuple[int, bool]] = []
+        channel = consumer._channel
+        real_ack = channel.basic_ack
+        channel.basic_ack = lambda tag, multiple=False: (  # type: ignore[method-assign]
+            sent.append((tag, multiple)),
+            real_ack(tag, multiple=multiple),
+        )[1]
+
+        def settle(indexes: list[int], settlement: Settlement) -> None:
+            for index in indexes:
+                taken[index].delivery.settle(settlement)
+                consumer.ack(taken[index])
+
+        worker = threading.Thread(
+            target=lambda: (settle([0, 1, 4], Settlement.ACK), settle([2], Settlement.REQUEUE))
+        )
+        worker.start()
+        worker.join()
+        redelivered = None
+        for _ in range(100):  # runs the handed-over settlements, then delivers
+            redelivered = next(consumer)
+            if redelivered is not None:
+                break
+        assert redelivered is not None, "the requeued delivery never came back"
+
+        assert sent[0] == (taken[1].delivery_tag, True)  # 0 and 1 in one ack
+        assert (taken[4].delivery_tag, False) in sent
+        assert redelivered.delivery.body == bodies[2] and redelivered.delivery.redelivered
+        for message in (taken[3], taken[5], redelivered):
+            message.delivery.settle(Settlement.ACK)
+            consumer.ack(message)
+        consumer._connection.process_data_events(time_limit=0)
+        wait_counts(place, "billing", (0, 6 - 6))
+    finally:
+        consumer.close()
+    assert counts(place.vhost)["billing"] == (0, 0)
