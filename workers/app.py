@@ -16,6 +16,7 @@ from types import FrameType
 
 import dramatiq
 
+from handlers.batch import batchable
 from queues.contracts import MESSAGE_TYPES
 from queues.envelope import peek_header
 from queues.errors import FleetError
@@ -64,10 +65,17 @@ def process(delivery: Delivery) -> None:
 
 def build_broker() -> FleetBroker:
     settings = get_settings()
+    batched = {
+        domain: settings.batch_prefetch
+        for domain in DOMAINS
+        if settings.batch_max_messages > 1 and any(batchable(domain, t) for t in types_of(domain))
+    }
     new_broker = FleetBroker(
         settings.amqp_url.get_secret_value(),
         choose_actor=choose_actor,
         prefetch=settings.worker_threads,
+        # A batched message frees its worker thread at once, so more deliveries are in hand.
+        prefetch_by_queue=batched,
         heartbeat_s=settings.amqp_heartbeat_s,
         # Dramatiq runs after-hooks in reverse: the lifecycle's after_worker_boot (the runtime)
         # comes first, the observers subscribe to its events after it.

@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 class Settlement(StrEnum):
     ACK = "ack"
     REQUEUE = "requeue"
+    LATER = "later"
+    """Decided after the actor returns (the batch writer commits it): ``settle`` it then."""
+
+
+SettleLater = Callable[[Settlement], None]
 
 
 @dataclass(eq=False)
@@ -61,6 +66,8 @@ class Delivery:
     content_type: str | None
     settlement: Settlement | None = None
     received_at: float = field(default_factory=time.time)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _then: SettleLater | None = field(default=None, repr=False)
 
     @property
     def delivery_count(self) -> int:
@@ -75,7 +82,24 @@ class Delivery:
         return 1 + value if isinstance(value, int) and value >= 0 else 2
 
     def settle(self, settlement: Settlement) -> None:
-        self.settlement = settlement
+        """Record the decision; for a deferred delivery the consumer then acts on it at once."""
+        with self._lock:
+            self.settlement = settlement
+            then = self._then if settlement is not Settlement.LATER else None
+        if then is not None:
+            then(settlement)
+
+    def defer(self) -> None:
+        """The actor returns undecided; whoever decides calls ``settle`` (from any thread)."""
+        self.settle(Settlement.LATER)
+
+    def hand_over(self, then: SettleLater) -> Settlement | None:
+        """The consumer's side: the decision if there is one (None: none, requeue); while it is
+        deferred, ``then`` is called with it when it comes, and this returns ``LATER``."""
+        with self._lock:
+            if self.settlement is Settlement.LATER:
+                self._then = then
+            return self.settlement
 
 
 class FleetMessageProxy(dramatiq.MessageProxy):
@@ -102,6 +126,7 @@ class FleetBroker(dramatiq.Broker):
         *,
         choose_actor: ActorChooser,
         prefetch: int,
+        prefetch_by_queue: dict[str, int] | None = None,
         middleware: list[dramatiq.Middleware] | None = None,
         heartbeat_s: int = 30,
     ) -> None:
@@ -112,19 +137,22 @@ class FleetBroker(dramatiq.Broker):
         self.parameters.connection_attempts = 1
         self.choose_actor = choose_actor
         self.prefetch = prefetch
+        self.prefetch_by_queue = dict(prefetch_by_queue or {})
         self._consumers: list[FleetConsumer] = []
         self._paused: set[str] = set()
         self._stopping = False
         self._lock = threading.Lock()
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> FleetConsumer:
-        """A consumer of ``queue_name`` with prefetch = this broker's worker threads.
+        """A consumer of ``queue_name`` with this broker's prefetch for it (``prefetch_by_queue``,
+        else ``prefetch``: the worker threads).
 
         Raises:
             ConnectionFailed: the broker cannot be reached.
             QueueNotFound: the queue does not exist (run ``fleet topology apply``).
         """
-        consumer = FleetConsumer(self, queue_name, self.prefetch or prefetch, timeout)
+        chosen = self.prefetch_by_queue.get(queue_name) or self.prefetch or prefetch
+        consumer = FleetConsumer(self, queue_name, chosen, timeout)
         with self._lock:
             self._consumers = [c for c in self._consumers if c.is_open] + [consumer]
             paused = self._stopping or _domain(queue_name) in self._paused
@@ -281,10 +309,14 @@ class FleetConsumer(dramatiq.Consumer):
     # -- any thread ----------------------------------------------------------------------------
 
     def ack(self, message: dramatiq.MessageProxy) -> None:
-        """Acks only when the wrapper decided ``ack``; otherwise the message goes back."""
+        """Acks only when the wrapper decided ``ack``; otherwise the message goes back.
+
+        A deferred delivery (``Settlement.LATER``) is settled when its decision comes.
+        """
         assert isinstance(message, FleetMessageProxy)
-        decided = message.delivery.settlement
-        self._settle(message, decided if decided is not None else Settlement.REQUEUE)
+        decided = message.delivery.hand_over(lambda settlement: self._settle(message, settlement))
+        if decided is not Settlement.LATER:
+            self._settle(message, decided if decided is not None else Settlement.REQUEUE)
 
     def nack(self, message: dramatiq.MessageProxy) -> None:
         """Dramatiq's rejection: never dropped here, the message goes back to its queue."""

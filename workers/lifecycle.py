@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from handlers.context import Outcome
 from handlers.errors import DatabaseUnavailable, NetworkUnavailable
 from queues.envelope import EnvelopeHeader, OpenedMessage, open_envelope, peek_header
 from queues.errors import (
@@ -74,6 +75,24 @@ Apply = Callable[[str, OpenedMessage], str]
 """Performs the business effect for (queue, message); returns ok | duplicate | stale."""
 
 
+class Batcher(Protocol):
+    """Where deferred messages go (``workers.runtime``: the batch writer and its helpers)."""
+
+    def accepts(self, queue: str, opened: OpenedMessage) -> bool:
+        """Whether this message takes the batch path."""
+        ...
+
+    def submit(
+        self, queue: str, opened: OpenedMessage, then: Callable[[Outcome | None], None]
+    ) -> None:
+        """Apply it in a batch; ``then(outcome)``, or ``then(None)``: apply it alone."""
+        ...
+
+    def alone(self, work: Callable[[], None]) -> None:
+        """Run ``work`` (a one-message path) on another thread than the writer's."""
+        ...
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How long and how often a message may come back before it is dead-lettered."""
@@ -111,6 +130,7 @@ class Lifecycle:
         max_body_bytes: int,
         fault_hook: Callable[[str, OpenedMessage | None], None] | None = None,
         breakers: Breakers | None = None,
+        batcher: Batcher | None = None,
     ) -> None:
         self.keys = keys
         self.publisher = publisher
@@ -120,10 +140,16 @@ class Lifecycle:
         self.max_body_bytes = max_body_bytes
         self.fault_hook = fault_hook or (lambda point, opened: None)
         self.breakers = breakers or Breakers(())
+        self.batcher = batcher
         self.host = socket.gethostname()
 
     def process(self, delivery: Delivery) -> None:
-        """Decide and record the outcome of one delivery (``delivery.settlement``)."""
+        """Decide and record the outcome of one delivery (``delivery.settlement``).
+
+        A message of a batched type (``batcher``) is deferred: the actor returns at once, the
+        batch writer commits it with others, and its outcome is decided and recorded then —
+        or, if the batch cannot take it, on the one-message path as below.
+        """
         started = time.monotonic()
         info = self._describe(delivery)
         attempt = _int_header(_fleet_headers(delivery), H_ATTEMPT, default=1)
@@ -133,35 +159,49 @@ class Lifecycle:
         try:
             opened = self._open(delivery)
             self.fault_hook("before_handle", opened)
+        except Exception as exc:
+            self._failed(delivery, info, attempt, exc)
+            return
+        queue = domain_of(delivery.queue)
+        batcher = self.batcher
+        if batcher is not None and batcher.accepts(queue, opened):
+            delivery.defer()
+
+            def then(outcome: Outcome | None) -> None:
+                if outcome is None:
+                    batcher.alone(lambda: self._apply(delivery, info, attempt, opened, started))
+                else:
+                    self._succeeded(delivery, info, attempt, opened, started, str(outcome))
+
+            batcher.submit(queue, opened, then)
+            return
+        self._apply(delivery, info, attempt, opened, started)
+
+    def _apply(
+        self,
+        delivery: Delivery,
+        info: dict[str, Any],
+        attempt: int,
+        opened: OpenedMessage,
+        started: float,
+    ) -> None:
+        """The one-message path: the handler in its own transaction, then the decision."""
+        try:
             outcome = self.apply(domain_of(delivery.queue), opened)
-        except EnvelopeError as exc:
-            if exc.retryable and attempt < self.policy.skew_max_attempts:
-                self._retry(delivery, info, attempt, exc)
-            else:
-                self._dead(delivery, info, attempt, exc, exc.reason)
+        except Exception as exc:
+            self._failed(delivery, info, attempt, exc)
             return
-        except NotYet as exc:
-            if attempt >= self.policy.max_attempts or self._past_horizon(delivery, info):
-                self._dead(delivery, info, attempt, exc, "not_yet_expired")
-            else:
-                self._retry(delivery, info, attempt, exc)
-            return
-        except PermanentError as exc:
-            self._dead(delivery, info, attempt, exc, exc.reason)
-            return
-        except Exception as exc:  # a bug or an unclassified failure: bounded like a transient
-            breaker = self._outage(exc)
-            if breaker is not None and breaker.is_open:
-                # The dependency is down: park it without using up an attempt.
-                self._retry(delivery, info, attempt, exc, burn=False)
-                return
-            if not isinstance(exc, TransientError):
-                log.exception("unexpected error in %s %s", info.get("type"), info.get("message_id"))
-            if attempt >= self.policy.max_attempts:
-                self._dead(delivery, info, attempt, exc, "retries_exhausted")
-            else:
-                self._retry(delivery, info, attempt, exc)
-            return
+        self._succeeded(delivery, info, attempt, opened, started, outcome)
+
+    def _succeeded(
+        self,
+        delivery: Delivery,
+        info: dict[str, Any],
+        attempt: int,
+        opened: OpenedMessage,
+        started: float,
+        outcome: str,
+    ) -> None:
         self.fault_hook("after_commit_before_ack", opened)
         for breaker in self.breakers.for_domain(domain_of(delivery.queue)):
             breaker.record_success()
@@ -173,6 +213,40 @@ class Lifecycle:
             age_s=round(time.time() - opened.header.created_at.timestamp(), 6),
             duration_s=round(time.monotonic() - started, 6),
         )
+
+    def _failed(
+        self, delivery: Delivery, info: dict[str, Any], attempt: int, exc: Exception
+    ) -> None:
+        """The decision for a failure (the table in the module docstring)."""
+        if isinstance(exc, EnvelopeError):
+            if exc.retryable and attempt < self.policy.skew_max_attempts:
+                self._retry(delivery, info, attempt, exc)
+            else:
+                self._dead(delivery, info, attempt, exc, exc.reason)
+        elif isinstance(exc, NotYet):
+            if attempt >= self.policy.max_attempts or self._past_horizon(delivery, info):
+                self._dead(delivery, info, attempt, exc, "not_yet_expired")
+            else:
+                self._retry(delivery, info, attempt, exc)
+        elif isinstance(exc, PermanentError):
+            self._dead(delivery, info, attempt, exc, exc.reason)
+        else:  # a bug or an unclassified failure: bounded like a transient
+            breaker = self._outage(exc)
+            if breaker is not None and breaker.is_open:
+                # The dependency is down: park it without using up an attempt.
+                self._retry(delivery, info, attempt, exc, burn=False)
+                return
+            if not isinstance(exc, TransientError):
+                log.error(
+                    "unexpected error in %s %s",
+                    info.get("type"),
+                    info.get("message_id"),
+                    exc_info=exc,
+                )
+            if attempt >= self.policy.max_attempts:
+                self._dead(delivery, info, attempt, exc, "retries_exhausted")
+            else:
+                self._retry(delivery, info, attempt, exc)
 
     # -- steps ---------------------------------------------------------------------------------
 

@@ -37,5 +37,12 @@ class FleetLifecycleMiddleware(dramatiq.Middleware):
         if isinstance(broker, FleetBroker):
             broker.cancel_consumers()
 
+    def before_worker_thread_shutdown(self, broker: dramatiq.Broker, thread: Any) -> None:
+        """Each worker thread, on its way out, waits for the deferred (batched) messages to be
+        decided and settled — while the consumers still run, so their acks reach the broker."""
+        runtime = current_runtime()
+        if not runtime.flush(runtime.settings.shutdown_timeout_s):
+            log.warning("batched messages still undecided at shutdown: the broker returns them")
+
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         close_runtime()

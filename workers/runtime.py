@@ -6,14 +6,19 @@ the suspect lane and the outbox relay each build their own on first use.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
 from handlers import bus
 from handlers.batch import batchable
+from handlers.context import Outcome
 from handlers.network import HttpNetworkElement
 from handlers.store.db import make_engine
 from handlers.store.uow import UnitOfWork
@@ -82,6 +87,59 @@ class _FaultyUnitOfWork(UnitOfWork):
         super().commit()
 
 
+class Batcher:
+    """The lifecycle's way to the batch writer (``workers.lifecycle.Batcher``).
+
+    Answers run in the writer thread, in the context (log and metrics fields) of the worker
+    thread that handed the message over; a message the batch cannot take runs on the one-message
+    path in a pool of its own, so the writer never waits for one.
+    """
+
+    def __init__(self, writer: BatchWriter, *, threads: int) -> None:
+        self.writer = writer
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fleet-alone")
+        self._idle = threading.Condition()
+        self._running = 0
+
+    def accepts(self, queue: str, opened: OpenedMessage) -> bool:
+        return batchable(queue, opened.header.message_type)
+
+    def submit(
+        self, queue: str, opened: OpenedMessage, then: Callable[[Outcome | None], None]
+    ) -> None:
+        context = contextvars.copy_context()
+        self.writer.submit_then(queue, opened, lambda outcome: context.run(then, outcome))
+
+    def alone(self, work: Callable[[], None]) -> None:
+        context = contextvars.copy_context()
+        with self._idle:
+            self._running += 1
+
+        def run() -> None:
+            try:
+                context.run(work)
+            finally:
+                with self._idle:
+                    self._running -= 1
+                    self._idle.notify_all()
+
+        self._pool.submit(run)
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until the writer has answered everything and the one-message runs are done."""
+        deadline = time.monotonic() + timeout_s
+        if not self.writer.flush(timeout_s):
+            return False
+        with self._idle:
+            return self._idle.wait_for(
+                lambda: self._running == 0, timeout=max(0.0, deadline - time.monotonic())
+            )
+
+    def close(self) -> None:
+        self.writer.close()
+        self._pool.shutdown(wait=True)
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -93,12 +151,16 @@ class Runtime:
     lifecycle: Lifecycle
     breakers: Breakers
     faults: Faults
-    writer: BatchWriter | None = None
+    batcher: Batcher | None = None
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every deferred message is decided and settled; False on timeout."""
+        return self.batcher is None or self.batcher.flush(timeout_s)
 
     def close(self) -> None:
         self.breakers.close()
-        if self.writer is not None:
-            self.writer.close()
+        if self.batcher is not None:
+            self.batcher.close()
         if self.settings.keys_file is not None:
             self.keys.flush_usage(self.settings.keys_file)  # for `fleet keys list`
         self.publisher.close()
@@ -163,11 +225,9 @@ def build_runtime(settings: Settings | None = None) -> Runtime:
 
     def apply(queue: str, opened: OpenedMessage) -> str:
         header = opened.header
-        if writer is not None and batchable(queue, header.message_type):
-            outcome = writer.submit(queue, opened)
-            if outcome is not None:
-                return str(outcome)
         return str(bus.handle(queue, header.message_id, header, opened.payload, new_uow, network))
+
+    batcher = Batcher(writer, threads=settings.worker_threads) if writer is not None else None
 
     breakers = Breakers(
         CircuitBreaker(
@@ -189,9 +249,10 @@ def build_runtime(settings: Settings | None = None) -> Runtime:
         max_body_bytes=settings.max_body_bytes,
         fault_hook=faults,
         breakers=breakers,
+        batcher=batcher,
     )
     return Runtime(
-        settings, keys, engine, network, publisher, events, lifecycle, breakers, faults, writer
+        settings, keys, engine, network, publisher, events, lifecycle, breakers, faults, batcher
     )
 
 

@@ -99,6 +99,13 @@ class Settings(BaseSettings):
         le=1000,
         description="Most messages one transaction commits together (1 = no batching)",
     )
+    batch_prefetch: int = Field(
+        default=64,
+        ge=1,
+        le=1000,
+        description="Deliveries a process holds per queue with batched types (billing, crm); "
+        "other queues hold FLEET_WORKER_THREADS",
+    )
     batch_wait_ms: float = Field(
         default=2.0,
         ge=0,

@@ -23,7 +23,8 @@ import logging
 import queue as queue_module
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine
 
@@ -35,15 +36,24 @@ from workers.events import EventSink
 log = logging.getLogger(__name__)
 
 
+Answer = Callable[[Outcome | None], None]
+"""Receives a message's outcome (None: apply it alone), in the writer thread."""
+
+
 @dataclass(eq=False)
 class _Waiting:
     item: batch.Item
-    done: threading.Event = field(default_factory=threading.Event)
-    outcome: Outcome | None = None
+    then: Answer
+    answered: bool = False
 
     def answer(self, outcome: Outcome | None) -> None:
-        self.outcome = outcome
-        self.done.set()
+        if self.answered:
+            return
+        self.answered = True
+        try:
+            self.then(outcome)
+        except Exception:  # the writer must outlive any one answer
+            log.exception("answering a batched message failed")
 
 
 class BatchWriter:
@@ -68,13 +78,30 @@ class BatchWriter:
         self._waiting: queue_module.SimpleQueue[_Waiting | None] = queue_module.SimpleQueue()
         self._closed = False
         self._connection: Connection | None = None  # the writer thread's own, kept between batches
+        self._idle = threading.Condition()
+        self._in_hand = 0  # handed over, not answered yet
         self._thread = threading.Thread(target=self._run, name="fleet-batch-writer", daemon=True)
         self._thread.start()
 
     def submit(self, queue: str, opened: OpenedMessage) -> Outcome | None:
-        """The outcome of ``opened`` applied in a batch, or None: apply it alone."""
+        """The outcome of ``opened`` applied in a batch, or None: apply it alone (waits)."""
+        done = threading.Event()
+        answers: list[Outcome | None] = []
+
+        def then(outcome: Outcome | None) -> None:
+            answers.append(outcome)
+            done.set()
+
+        self.submit_then(queue, opened, then)
+        done.wait()
+        return answers[0]
+
+    def submit_then(self, queue: str, opened: OpenedMessage, then: Answer) -> None:
+        """Apply ``opened`` in a batch and call ``then(outcome)`` — or ``then(None)``: apply it
+        alone — from the writer thread (or at once, from this one, if the writer is closed)."""
         if self._closed or not self._thread.is_alive():
-            return None
+            then(None)
+            return
         header = opened.header
         ctx = batch.context_for(
             queue,
@@ -84,10 +111,14 @@ class BatchWriter:
             header.created_at,
             header.correlation_id,
         )
-        waiting = _Waiting(batch.Item(ctx, opened.payload))
-        self._waiting.put(waiting)
-        waiting.done.wait()
-        return waiting.outcome
+        with self._idle:
+            self._in_hand += 1
+        self._waiting.put(_Waiting(batch.Item(ctx, opened.payload), then))
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every message handed over so far is answered; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_hand == 0, timeout=timeout_s)
 
     def close(self) -> None:
         """Finish the batch in hand, answer every later submission with None, stop."""
@@ -106,11 +137,9 @@ class BatchWriter:
             stop = self._gather(taken)
             try:
                 self._apply(taken)
-            except BaseException:  # never leave a worker thread waiting
+            except BaseException:  # never leave a message unanswered
                 log.exception("batch writer failed; its messages run alone")
-                for waiting in taken:
-                    if not waiting.done.is_set():
-                        waiting.answer(None)
+                self._answer([(waiting, None) for waiting in taken if not waiting.answered])
             if stop:
                 break
         self._drain()
@@ -134,6 +163,14 @@ class BatchWriter:
             taken.append(waiting)
         return False
 
+    def _answer(self, answers: list[tuple[_Waiting, Outcome | None]]) -> None:
+        for waiting, outcome in answers:
+            waiting.answer(outcome)
+        with self._idle:
+            self._in_hand -= len(answers)
+            if self._in_hand == 0:
+                self._idle.notify_all()
+
     def _discard_connection(self) -> None:
         """After a failure the connection may be dead or mid-transaction: never reuse it."""
         connection, self._connection = self._connection, None
@@ -150,7 +187,7 @@ class BatchWriter:
             except queue_module.Empty:
                 return
             if waiting is not None:
-                waiting.answer(None)
+                self._answer([(waiting, None)])
 
     def _apply(self, taken: list[_Waiting]) -> None:
         try:
@@ -167,8 +204,9 @@ class BatchWriter:
                 "a batch of %d failed (%s); its messages run alone", len(taken), type(exc).__name__
             )
             settled = batch.Settled([None] * len(taken), committed=0)
-        for waiting, outcome in zip(taken, settled.outcomes, strict=True):
-            waiting.answer(outcome)
+        self._answer(
+            [(waiting, outcome) for waiting, outcome in zip(taken, settled.outcomes, strict=True)]
+        )
         self.events.emit(
             "batch",
             size=len(taken),
