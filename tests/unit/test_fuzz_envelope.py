@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,9 +16,11 @@ from pydantic import ValidationError
 
 from queues.contracts import MESSAGE_TYPES, model_for
 from queues.envelope import (
+    MAX_HEADER_SEGMENT_BYTES,
     EnvelopeHeader,
     OpenedMessage,
     open_envelope,
+    parse,
     peek_header,
     peek_raw_header,
     seal,
@@ -28,6 +31,8 @@ from queues.errors import (
     EnvelopeError,
     InvalidHeader,
     InvalidPayload,
+    NotJwe,
+    UnsupportedAlgorithm,
 )
 from queues.keys import KeyRegistry, ProducerKey
 from tests.support.factories import sample
@@ -210,3 +215,149 @@ def test_any_authenticated_header_gets_a_typed_error(extra: dict[str, Any]) -> N
     opened = opened_or_documented_error(body)
     if isinstance(opened, OpenedMessage):
         assert (opened.header, opened.payload) == (EnvelopeHeader.from_jose(header), payload)
+
+
+# -- the header read straight from its JSON text is json.loads' reading ----------------------------
+
+
+def near_values(valid: Any, *others: Any) -> st.SearchStrategy[Any]:
+    """A field's valid value, values a lax or careless reader would take for it, anything."""
+    near = st.sampled_from([valid, *others])
+    return st.one_of(near, near, near, json_values)
+
+
+uuids_spelled = st.uuids().flatmap(
+    lambda u: st.sampled_from([str(u), str(u).upper(), u.hex, f"{{{u}}}", f"urn:uuid:{u}"])
+)
+# Header member ▶ what it may be set to (None: the member is left out)
+HEADER_VARIANTS: dict[str, st.SearchStrategy[Any]] = {
+    "alg": near_values("dir", "DIR", "A256KW", None),
+    "enc": near_values("A256GCM", "A128GCM", None),
+    "kid": near_values(KEY.kid, "", "k" * 129, 5, None),
+    "cty": near_values("application/json", "json", "application/JSON", None),
+    "message_id": uuids_spelled | st.none(),
+    "message_type": near_values("billing.charge.post", "Billing.Charge", "billing", 1, None),
+    "schema_version": near_values(1, "1", 1.0, True, 0, 10_001, 2**64, None),
+    "producer": near_values("fleet", "Fleet", "f", None),
+    "created_at": st.one_of(
+        st.datetimes(timezones=st.just(UTC)).map(rfc3339),
+        st.datetimes().map(lambda moment: moment.isoformat()),
+        st.sampled_from(
+            ["2026-11-21 23:25:03Z", "2026-11-21T23:25:03+01", "1763767503", 1763767503]
+        ),
+        st.none(),
+    ),
+    "correlation_id": uuids_spelled | st.none(),
+    "entity_version": near_values(1, "1", 1.0, 0, 2**53, True, None),
+    "zip": st.sampled_from(["DEF", None]),
+    "crit": st.sampled_from([["exp"], [], None]),
+    "x": json_values,
+}
+header_documents = st.builds(
+    lambda base, changes: {
+        name: value for name, value in {**base, **dict(changes)}.items() if value is not None
+    },
+    st.tuples(st.sampled_from(MESSAGE_TYPES), st.booleans()).map(
+        lambda choice: header_for(KEY, choice[0], cty="application/json" if choice[1] else None)
+    ),
+    st.lists(
+        st.sampled_from(sorted(HEADER_VARIANTS)).flatmap(
+            lambda name: st.tuples(st.just(name), HEADER_VARIANTS[name])
+        ),
+        max_size=2,
+    ),
+)
+
+
+@st.composite
+def header_texts(draw: st.DrawFn) -> bytes:
+    """A header document spelled as any JSON writer might, some of it oddly."""
+    document = draw(header_documents)
+    text = json.dumps(
+        document,
+        ensure_ascii=draw(st.booleans()),
+        sort_keys=draw(st.booleans()),
+        indent=draw(st.none() | st.integers(0, 2)),
+    )
+    duplicate = draw(
+        st.none()
+        | st.sampled_from(sorted(HEADER_VARIANTS)).flatmap(
+            lambda name: st.tuples(st.just(name), HEADER_VARIANTS[name])
+        )
+    )
+    if duplicate is not None and text.startswith("{") and len(text) > 2:
+        member = f"{json.dumps(duplicate[0])}:{json.dumps(duplicate[1])}"
+        text = (
+            "{" + member + "," + text[1:]  # the document's own member wins
+            if draw(st.booleans())
+            else text[:-1] + "," + member + "}"  # the duplicate wins
+        )
+    encoding = draw(st.sampled_from(["utf-8", "utf-8", "utf-8", "utf-8-sig", "utf-16-le"]))
+    return text.encode(encoding, "surrogatepass")
+
+
+def reference_reading(body: bytes) -> EnvelopeHeader | type[EnvelopeError]:
+    """The header as queues.envelope read it before issue 13: json.loads, then from_jose."""
+    try:
+        return EnvelopeHeader.from_jose(peek_raw_header(body))
+    except EnvelopeError as exc:
+        return type(exc)
+
+
+def reading(body: bytes) -> EnvelopeHeader | type[EnvelopeError]:
+    try:
+        return peek_header(body)
+    except EnvelopeError as exc:
+        return type(exc)
+
+
+@FUZZ
+@given(header_texts(), st.sampled_from(["", " ", "\n", "\t"]))
+def test_the_header_read_from_its_json_text_is_json_loads_reading(
+    text: bytes, padding: str
+) -> None:
+    body = with_part(VALID[0], HEADER, b64(padding.encode() + text + padding.encode()))
+    assume(len(body.split(b".")[HEADER]) <= MAX_HEADER_SEGMENT_BYTES)
+    assert reading(body) == reference_reading(body)
+
+
+def reference_parse(body: bytes) -> EnvelopeHeader | type[EnvelopeError]:
+    """The checks before authentication as queues.envelope made them before issue 13, in order,
+    on json.loads' reading of the header."""
+    try:
+        raw = peek_raw_header(body)
+    except EnvelopeError as exc:
+        return type(exc)
+    if raw.get("alg") != "dir" or raw.get("enc") != "A256GCM" or "zip" in raw:
+        return UnsupportedAlgorithm
+    _header, encrypted_key, iv, ciphertext, tag = body.split(b".")
+    if encrypted_key or len(iv) != 16 or len(tag) != 22 or len(ciphertext) % 4 == 1:
+        return NotJwe
+    if not all(re.fullmatch(rb"[A-Za-z0-9_-]*", part) for part in (iv, ciphertext, tag)):
+        return NotJwe
+    if "crit" in raw or not isinstance(raw.get("kid"), str) or not raw["kid"]:
+        return InvalidHeader
+    try:
+        return EnvelopeHeader.from_jose(raw)
+    except EnvelopeError as exc:
+        return type(exc)
+
+
+@FUZZ
+@given(
+    header_texts(),
+    st.sampled_from(VALID),
+    st.sampled_from([None, (1, b"AAAA"), (IV, b"AAAA"), (TAG, b"A" * 21), (CIPHERTEXT, b"A=")]),
+)
+def test_parse_refuses_as_the_ordered_checks_on_json_loads_reading(
+    text: bytes, valid: bytes, broken: tuple[int, bytes] | None
+) -> None:
+    body = with_part(valid, HEADER, b64(text))
+    assume(len(body.split(b".")[HEADER]) <= MAX_HEADER_SEGMENT_BYTES)
+    if broken is not None:
+        body = with_part(body, *broken)
+    try:
+        outcome: EnvelopeHeader | type[EnvelopeError] = parse(body).header
+    except EnvelopeError as exc:
+        outcome = type(exc)
+    assert outcome == reference_parse(body)
