@@ -1,6 +1,7 @@
 """Outcome events: one structured record per message outcome.
 
-Kinds: ``ok``, ``duplicate``, ``stale``, ``retried``, ``dead``, ``suspect``, ``requeued``.
+Kinds: ``ok``, ``duplicate``, ``stale``, ``retried``, ``dead``, ``suspect``, ``requeued``;
+and ``batch``, not a message's: the size of one batch writer transaction (``EventLog.batches``).
 Every event is a JSON log line (failures at WARNING, successes at DEBUG) and, when
 ``FLEET_EVENTS_FILE`` is set, a line appended to that file (one ``write`` of one line with
 ``O_APPEND``, so several processes can share it); the demo builds its summary from that file.
@@ -26,6 +27,8 @@ FAILURE_KINDS = frozenset({"retried", "dead", "suspect", "requeued"})
 # A delivery is finished: its effects committed or absorbed (handled), or it was dead-lettered.
 HANDLED_KINDS = frozenset({"ok", "duplicate", "stale"})
 FINAL_KINDS = HANDLED_KINDS | {"dead"}
+# Not a message's outcome: what one batch writer transaction took (size, committed, alone).
+BATCH_KIND = "batch"
 
 Subscriber = Callable[[dict[str, Any]], None]
 
@@ -84,6 +87,8 @@ class EventLog:
         self.by_id: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
         #: (message id, work queue) of each delivery that reached a final outcome.
         self.settled: set[tuple[str, str]] = set()
+        #: The batch writers' ``batch`` events (sizes), kept apart from the message outcomes.
+        self.batches: list[dict[str, Any]] = []
         self._offset = 0
         self._partial = b""
         self._lock = threading.Lock()
@@ -113,6 +118,9 @@ class EventLog:
                     continue
                 if isinstance(event, dict) and "event" in event:
                     fresh.append(event)
+            if self.keep_events:
+                self.batches += [event for event in fresh if event["event"] == BATCH_KIND]
+            fresh = [event for event in fresh if event["event"] != BATCH_KIND]
             for event in fresh:
                 kind = event["event"]
                 self.kinds[kind] += 1

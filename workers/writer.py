@@ -31,7 +31,7 @@ from sqlalchemy import Connection, Engine
 from handlers import batch
 from handlers.context import Outcome
 from queues.envelope import OpenedMessage
-from workers.events import EventSink
+from workers.events import BATCH_KIND, EventSink
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class BatchWriter:
             [(waiting, outcome) for waiting, outcome in zip(taken, settled.outcomes, strict=True)]
         )
         self.events.emit(
-            "batch",
+            BATCH_KIND,
             size=len(taken),
             committed=settled.committed,
             alone=len(taken) - settled.committed,

@@ -30,6 +30,10 @@ def seeded_random() -> random.Random:
     return random.Random(seed)
 
 
+# Batches forced on: the writer waits for company, so batches of several are the rule here.
+BATCHES = {"FLEET_BATCH_WAIT_MS": "20"}
+
+
 def workload(accounts: int, charges_per_account: int) -> tuple[list[Contract], list[Contract]]:
     """Account opens and their charges (charges of the last account arrive before it opens)."""
     ids = [uuid.uuid4() for _ in range(accounts)]
@@ -41,13 +45,14 @@ def workload(accounts: int, charges_per_account: int) -> tuple[list[Contract], l
 
 
 @pytest.mark.parametrize(
-    "point", ["before_commit", "after_commit_before_ack", "after_retry_publish_before_ack"]
+    "point",
+    ["before_commit", "mid_batch", "after_commit_before_ack", "after_retry_publish_before_ack"],
 )
 def test_sigkill_at_each_fault_point_loses_and_doubles_nothing(tmp_path: Path, point: str) -> None:
     marker = tmp_path / "crashed"
     # Enough attempts that the late account's charges outlive the crash and restart.
     env = {"FLEET_FAULT_AT": point, "FLEET_FAULT_MARKER": str(marker), "FLEET_MAX_ATTEMPTS": "100"}
-    with fleet_under_test(tmp_path, env=env) as fleet:
+    with fleet_under_test(tmp_path, env={**env, **BATCHES}) as fleet:
         opens, charges = workload(accounts=20, charges_per_account=10)
         late_open = opens.pop()
         supervisor = Supervisor(fleet, processes=2, threads=4)
@@ -63,6 +68,7 @@ def test_sigkill_at_each_fault_point_loses_and_doubles_nothing(tmp_path: Path, p
         assert marker.exists(), f"the fleet never reached {point}"
         totals = fleet.query("SELECT count(*), coalesce(sum(amount_minor), 0) FROM billing_charges")
         assert totals == [(len(charges), sum(c.amount.amount_minor for c in charges))]  # type: ignore[attr-defined]
+        assert fleet.largest_batch() >= 2, "no batch of two or more: the batch path went untried"
 
 
 def test_a_message_that_kills_its_worker_dies_alone_in_the_suspect_lane(tmp_path: Path) -> None:
@@ -97,7 +103,7 @@ def test_a_message_that_kills_its_worker_dies_alone_in_the_suspect_lane(tmp_path
 
 def test_five_sigterms_during_a_run_lose_double_and_kill_nothing(tmp_path: Path) -> None:
     rng = seeded_random()
-    with fleet_under_test(tmp_path, env={"FLEET_SHUTDOWN_TIMEOUT_S": "8"}) as fleet:
+    with fleet_under_test(tmp_path, env={"FLEET_SHUTDOWN_TIMEOUT_S": "8", **BATCHES}) as fleet:
 
         def nothing_committed_came_back() -> None:
             # What a stopping worker had in hand it finished and acked: a message whose effect
@@ -106,9 +112,10 @@ def test_five_sigterms_during_a_run_lose_double_and_kill_nothing(tmp_path: Path)
             if duplicates:
                 pytest.fail(f"committed, yet returned to the queue: {duplicates[:3]}")
 
-        opens, charges = workload(accounts=40, charges_per_account=50)
+        opens, charges = workload(accounts=40, charges_per_account=100)
         fleet.publish(opens, "order-management")
-        fleet.publish(charges)
+        # Published over ~30 s, so that every SIGTERM lands in a run, however fast the drain.
+        upstream = fleet.upstream(charges, batch=100, interval_s=0.75)
         process = fleet.start_workers(processes=2, threads=4)
         for _ in range(5):
             seen = len(fleet.events())
@@ -124,8 +131,10 @@ def test_five_sigterms_during_a_run_lose_double_and_kill_nothing(tmp_path: Path)
             assert code == 0, "the worker did not stop cleanly"
             nothing_committed_came_back()
             process = fleet.start_workers(processes=2, threads=4)
+        upstream.finish(timeout_s=120)
         fleet.wait_settled(timeout_s=180, supervise=nothing_committed_came_back)
         nothing_committed_came_back()
+        assert fleet.largest_batch() >= 2, "no batch of two or more: the batch path went untried"
         report = fleet.ledger()
         assert report.ok, report.summary()
         assert not report.dead_by_reason, report.summary()
@@ -256,10 +265,10 @@ def test_two_relays_at_once_publish_each_follow_up_once(tmp_path: Path) -> None:
 
 
 def test_scaling_out_and_in_during_a_run_loses_and_doubles_nothing(tmp_path: Path) -> None:
-    with fleet_under_test(tmp_path) as fleet:
-        opens, charges = workload(accounts=40, charges_per_account=50)
+    with fleet_under_test(tmp_path, env=BATCHES) as fleet:
+        opens, charges = workload(accounts=40, charges_per_account=100)
         fleet.publish(opens, "order-management")
-        fleet.publish(charges)
+        upstream = fleet.upstream(charges, batch=100, interval_s=0.4)  # a run of ~16 s
 
         def progress(beyond: int) -> None:
             fleet.wait_for(lambda: len(fleet.events()) > beyond, what="the fleet at work")
@@ -273,8 +282,10 @@ def test_scaling_out_and_in_during_a_run_loses_and_doubles_nothing(tmp_path: Pat
         progress(len(fleet.events()) + 100)
         fleet.local.signal(second, signal.SIGKILL)  # one replica dies hard
         second.wait(10)
+        upstream.finish(timeout_s=120)
         fleet.wait_settled(timeout_s=180)
         report = fleet.ledger()
         assert report.ok, report.summary()
+        assert fleet.largest_batch() >= 2, "no batch of two or more: the batch path went untried"
         assert not report.dead_by_reason, report.summary()
         assert fleet.query("SELECT count(*) FROM billing_charges") == [(len(charges),)]

@@ -99,10 +99,20 @@ class FleetUnderTest:
         return seal(payload, self.keys.sealing_key(producer), **options)
 
     def upstream(
-        self, payloads: Iterable[Contract], *, batch: int, backoff_s: float = 0.0
+        self,
+        payloads: Iterable[Contract],
+        *,
+        batch: int,
+        backoff_s: float = 0.0,
+        interval_s: float = 0.0,
     ) -> Upstream:
-        """Publish ``payloads`` in the background until every one is confirmed."""
-        return Upstream(self, self.publisher("fleet"), list(payloads), batch, backoff_s)
+        """Publish ``payloads`` in the background until every one is confirmed (``interval_s``
+        between batches: a run that lasts, however fast the fleet drains)."""
+        return Upstream(self, self.publisher("fleet"), list(payloads), batch, backoff_s, interval_s)
+
+    def largest_batch(self) -> int:
+        """The most messages one batch writer transaction committed so far."""
+        return max((int(b.get("committed", 0)) for b in self.log.batches), default=0)
 
     # -- observing ----------------------------------------------------------------------------
 
@@ -241,8 +251,10 @@ class Upstream:
         payloads: list[Contract],
         batch: int,
         backoff_s: float,
+        interval_s: float = 0.0,
     ) -> None:
         self.fleet = fleet
+        self.interval_s = interval_s
         self.publisher = publisher
         self.sealed = [publisher.seal(p) for p in payloads]
         self.batch = batch
@@ -258,6 +270,7 @@ class Upstream:
                 self.results.extend(
                     self.publisher.publish_batch(pending[start : start + self.batch])
                 )
+                time.sleep(self.interval_s)
             confirmed = {r.message_id for r in self.results if r.ok}
             pending = [s for s in pending if str(s.message_id) not in confirmed]
             time.sleep(self.backoff_s)
