@@ -98,7 +98,7 @@ def build_broker() -> FleetBroker:
 
 broker = build_broker()
 dramatiq.set_broker(broker)
-set_consumer_control(broker.pause_domains, broker.resume_domains)
+set_consumer_control(broker.pause_domains, broker.resume_domains, broker.restore_domains)
 
 
 def run_suspect_lane() -> int:

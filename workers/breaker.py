@@ -5,7 +5,9 @@ One breaker per dependency and process: ``database`` (every domain needs it) and
 failures the breaker **opens**: the consumers of the affected domains are cancelled (no new
 deliveries; the broker keeps the messages), and messages already in hand that fail the same way
 are parked on the first retry tier **without using up an attempt**. After ``open_s`` the breaker
-goes **half-open**: consumption resumes; the first success closes it, the first outage failure
+goes **half-open**: consumption resumes one message at a time (prefetch 1, so a deep prefetch
+does not bring a flood of messages to fail again); the first success closes it and restores the
+full prefetch, the first outage failure
 opens it again for twice as long (up to ``max_open_s``). Billing and CRM keep flowing while the
 network element is down; nothing is dead-lettered for an outage shorter than the retry budget.
 """
@@ -38,6 +40,7 @@ class CircuitBreaker:
         *,
         pause: QueueControl,
         resume: QueueControl,
+        restore: QueueControl = lambda _domains: None,
         failure_threshold: int = 5,
         open_s: float = 5.0,
         max_open_s: float = 60.0,
@@ -46,6 +49,7 @@ class CircuitBreaker:
         self.domains = domains
         self._pause = pause
         self._resume = resume
+        self._restore = restore
         self.failure_threshold = failure_threshold
         self.base_open_s = open_s
         self.max_open_s = max_open_s
@@ -69,6 +73,7 @@ class CircuitBreaker:
             self.state = BreakerState.CLOSED
             self._open_s = self.base_open_s
         log.warning("breaker %s closed: %s answers again", self.name, self.name)
+        self._restore(self.domains)
 
     def record_failure(self) -> None:
         with self._lock:

@@ -195,14 +195,23 @@ class FleetBroker(dramatiq.Broker):
             consumer.cancel()
 
     def resume_domains(self, domains: Iterable[str]) -> None:
-        """Deliver again from the domains' queues, unless the worker is stopping."""
+        """Deliver again from the domains' queues, one message at a time (a circuit breaker
+        probing its dependency), unless the worker is stopping; ``restore_domains`` then gives
+        the consumers their full prefetch back."""
+        for consumer in self._resumable(domains):
+            consumer.resume(prefetch=1)
+
+    def restore_domains(self, domains: Iterable[str]) -> None:
+        """Full prefetch again for the domains' queues (a circuit breaker closed)."""
+        for consumer in self._resumable(domains):
+            consumer.resume()
+
+    def _resumable(self, domains: Iterable[str]) -> list[FleetConsumer]:
         with self._lock:
             self._paused -= set(domains)
             if self._stopping:
-                return
-            consumers = [c for c in self._consumers if _domain(c.queue_name) not in self._paused]
-        for consumer in consumers:
-            consumer.resume()
+                return []
+            return [c for c in self._consumers if _domain(c.queue_name) not in self._paused]
 
     def close(self) -> None:
         with self._lock:
@@ -237,6 +246,7 @@ class FleetConsumer(dramatiq.Consumer):
         self._owner = threading.current_thread()
         self._ready: deque[FleetMessageProxy] = deque()
         self._consumer_tag: str | None = None
+        self._prefetch = self._full_prefetch = prefetch
         # Settlements handed over by worker threads, run together by the consumer thread.
         self._settling: deque[tuple[int, Settlement]] = deque()
         self._settle_scheduled = False
@@ -332,9 +342,10 @@ class FleetConsumer(dramatiq.Consumer):
         """basic.cancel: no new deliveries; unacked ones stay ours until settled or closed."""
         self._call(self._cancel_now)
 
-    def resume(self) -> None:
-        """basic.consume again after a cancel (a circuit breaker closing)."""
-        self._call(self._consume_now)
+    def resume(self, prefetch: int | None = None) -> None:
+        """basic.consume again after a cancel, with ``prefetch`` (default: the consumer's own);
+        a consumer already running with another prefetch is re-subscribed with this one."""
+        self._call(lambda: self._consume_now(prefetch or self._full_prefetch))
 
     def close(self) -> None:
         if self._owner_thread_gone() or threading.current_thread() is self._owner:
@@ -388,9 +399,20 @@ class FleetConsumer(dramatiq.Consumer):
             else:
                 self._channel.basic_nack(tag, requeue=True)
 
-    def _consume_now(self) -> None:
-        if self._consumer_tag is None and self._channel.is_open:
-            self._consumer_tag = self._channel.basic_consume(self.queue_name, self._on_message)
+    def _consume_now(self, prefetch: int) -> None:
+        if not self._channel.is_open:
+            return
+        if self._consumer_tag is not None:
+            if prefetch == self._prefetch:
+                return
+            # basic.qos reaches only consumers started after it: subscribe again. Unacked
+            # deliveries stay ours across the cancel.
+            self._channel.basic_cancel(self._consumer_tag)
+            self._consumer_tag = None
+        if prefetch != self._prefetch:
+            self._channel.basic_qos(prefetch_count=prefetch)
+            self._prefetch = prefetch
+        self._consumer_tag = self._channel.basic_consume(self.queue_name, self._on_message)
 
     def _cancel_now(self) -> None:
         if self._consumer_tag is not None and self._channel.is_open:

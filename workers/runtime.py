@@ -235,6 +235,7 @@ def build_runtime(settings: Settings | None = None) -> Runtime:
             domains,
             pause=_consumer_control.pause,
             resume=_consumer_control.resume,
+            restore=_consumer_control.restore,
             failure_threshold=settings.breaker_failure_threshold,
             open_s=settings.breaker_open_s,
         )
@@ -262,15 +263,19 @@ class ConsumerControl:
 
     pause: QueueControl = lambda _domains: None
     resume: QueueControl = lambda _domains: None
+    restore: QueueControl = lambda _domains: None
 
 
 _consumer_control = ConsumerControl()
 
 
-def set_consumer_control(pause: QueueControl, resume: QueueControl) -> None:
+def set_consumer_control(
+    pause: QueueControl, resume: QueueControl, restore: QueueControl = lambda _domains: None
+) -> None:
     """Let circuit breakers pause and resume this process's consumers (``workers.app``)."""
     _consumer_control.pause = pause
     _consumer_control.resume = resume
+    _consumer_control.restore = restore
 
 
 _runtime: Runtime | None = None
