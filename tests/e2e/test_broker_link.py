@@ -17,6 +17,7 @@ import pytest
 
 from queues.contracts import Contract
 from tests.e2e.test_faults import workload
+from tests.support.factories import sample
 from tests.support.fleet import FleetUnderTest, fleet_under_test
 from tests.support.polling import CTL_FIRST_S, poll
 from tests.support.rabbit import AMQP_HOST, AMQP_PORT, vhost_connections
@@ -33,10 +34,11 @@ DEAD_AFTER_S = max(HEARTBEAT_S + 5, 2 * HEARTBEAT_S)
 DETECTED_WITHIN_S = 8 * HEARTBEAT_S
 # Slow for two of those windows: at least one whole window of each side falls inside.
 SLOW_FOR_S = 2 * DEAD_AFTER_S
-# More deliveries than the fleet holds prefetched (2 processes × 4 threads × 3 work queues):
-# progress this large needs the link to keep delivering.
-PROGRESS = 50
-ACCOUNTS, CHARGES_PER_ACCOUNT = 40, 60  # 2,440 messages
+# More deliveries than the fleet holds prefetched (2 processes × FLEET_BATCH_PREFETCH 64 × the
+# two batched queues, + 4 threads for provisioning): progress this large needs the link to keep
+# delivering.
+PROGRESS = 300
+ACCOUNTS, CHARGES_PER_ACCOUNT = 40, 60  # 2,440 messages, charges at 100 a second
 
 
 def via(proxy: TcpProxy, url: str) -> str:
@@ -55,11 +57,16 @@ def broker_peer_ports(vhost: str) -> set[int]:
 
 @pytest.fixture
 def linked(tmp_path: Path) -> Iterator[tuple[FleetUnderTest, TcpProxy, list[Contract]]]:
-    """A fleet whose workers reach the broker through a proxy, busy with a few thousand charges.
+    """A fleet whose workers reach the broker through a proxy, busy with a stream of charges.
 
     Yields once the fleet is mid-way: some charges processed, others delivered but unacked.
     """
-    env = {"FLEET_AMQP_HEARTBEAT_S": str(HEARTBEAT_S), "FLEET_PUBLISH_TIMEOUT_S": "10"}
+    env = {
+        "FLEET_AMQP_HEARTBEAT_S": str(HEARTBEAT_S),
+        "FLEET_PUBLISH_TIMEOUT_S": "10",
+        # Batches wait for company long enough that deliveries are in hand whenever it strikes.
+        "FLEET_BATCH_WAIT_MS": "200",
+    }
     with (
         tcp_proxy((AMQP_HOST, AMQP_PORT)) as proxy,
         fleet_under_test(tmp_path, env=env) as fleet,
@@ -67,7 +74,9 @@ def linked(tmp_path: Path) -> Iterator[tuple[FleetUnderTest, TcpProxy, list[Cont
         opens, charges = workload(ACCOUNTS, CHARGES_PER_ACCOUNT)
         fleet.publish(opens, "order-management")
         fleet.start_workers(processes=2, threads=4, extra={"FLEET_AMQP_URL": via(proxy, fleet.url)})
-        fleet.publish(charges)
+        # Published over ~25 s, so the faults land in a run however fast the fleet drains
+        # (wait_settled waits for the upstream too).
+        fleet.upstream(charges, batch=50, interval_s=0.5)
         fleet.wait_for(
             lambda: fleet.processed() > 200 and fleet.in_hand() > 0,
             timeout_s=60,
@@ -135,6 +144,9 @@ def test_a_slow_link_slows_the_fleet_without_dropping_connections(
     accepted = proxy.accepted
     through_proxy = proxy.upstream_ports()
     assert through_proxy and through_proxy <= broker_peer_ports(fleet.vhost)
+    # A backlog on top of the stream: more than the slow link can bring in the slow period.
+    backlog = [sample("billing.charge.post", account_id=c.account_id) for c in charges[:800]]  # type: ignore[attr-defined]
+    fleet.upstream(backlog, batch=400)
     before = fleet.processed()
     proxy.slow(0.5)  # each way, on every chunk: a 1 s round trip
 
@@ -146,13 +158,15 @@ def test_a_slow_link_slows_the_fleet_without_dropping_connections(
     assert proxy.upstream_ports() == through_proxy, "a slow connection was closed"
     assert through_proxy <= broker_peer_ports(fleet.vhost), "the broker dropped a slow connection"
     # ... and the same connections still carry work, more than the fleet holds prefetched.
-    assert fleet.expected() - fleet.settled(), "the work ran out before the link was slow enough"
+    assert fleet.depth("billing") > 0 or fleet.expected() - fleet.settled(), (
+        "the work ran out before the link was slow enough"
+    )
     after = fleet.processed()
     poll(lambda: fleet.processed() >= after + PROGRESS, 60, "progress over the slow link, later")
     assert proxy.accepted == accepted, "a slow link was mistaken for a dead one"
     delayed = proxy.delayed_chunks
     proxy.restore()
 
-    fleet.assert_charged_exactly_once(len(charges))
+    fleet.assert_charged_exactly_once(len(charges) + len(backlog))
     assert delayed > 0
     print(f"{during} processed over the slow link in {SLOW_FOR_S} s, {len(through_proxy)} links")

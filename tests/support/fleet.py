@@ -68,6 +68,7 @@ class FleetUnderTest:
     node: PrivateNode | None = None
     confirmed: dict[str, str] = field(default_factory=dict)
     publishers: dict[str, Publisher] = field(default_factory=dict)
+    upstreams: list[Upstream] = field(default_factory=list)
     _log: EventLog | None = None
     _last_listing_at: float = 0.0
 
@@ -108,7 +109,11 @@ class FleetUnderTest:
     ) -> Upstream:
         """Publish ``payloads`` in the background until every one is confirmed (``interval_s``
         between batches: a run that lasts, however fast the fleet drains)."""
-        return Upstream(self, self.publisher("fleet"), list(payloads), batch, backoff_s, interval_s)
+        upstream = Upstream(
+            self, self.publisher("fleet"), list(payloads), batch, backoff_s, interval_s
+        )
+        self.upstreams.append(upstream)
+        return upstream
 
     def largest_batch(self) -> int:
         """The most messages one batch writer transaction committed so far."""
@@ -148,6 +153,10 @@ class FleetUnderTest:
         def all_settled() -> bool:
             if supervise is not None:
                 supervise()
+            if any(upstream.publishing for upstream in self.upstreams):
+                return False  # what they publish is expected too
+            for upstream in self.upstreams:
+                upstream.finish(timeout_s=0)
             return not self.missing()
 
         try:
@@ -274,6 +283,10 @@ class Upstream:
             confirmed = {r.message_id for r in self.results if r.ok}
             pending = [s for s in pending if str(s.message_id) not in confirmed]
             time.sleep(self.backoff_s)
+
+    @property
+    def publishing(self) -> bool:
+        return self._thread.is_alive()
 
     def finish(self, timeout_s: float) -> None:
         """Wait until everything is confirmed; the fleet's ledger then expects all of it."""
