@@ -144,9 +144,13 @@ def test_a_slow_link_slows_the_fleet_without_dropping_connections(
     accepted = proxy.accepted
     through_proxy = proxy.upstream_ports()
     assert through_proxy and through_proxy <= broker_peer_ports(fleet.vhost)
-    # A backlog on top of the stream: more than the slow link can bring in the slow period.
-    backlog = [sample("billing.charge.post", account_id=c.account_id) for c in charges[:800]]  # type: ignore[attr-defined]
-    fleet.upstream(backlog, batch=400)
+    # A backlog on top of the stream: more than the slow link brings in the slow period
+    # (about the prefetch, 2 × 64 per batched queue, per 1 s round trip).
+    backlog = [
+        sample("billing.charge.post", account_id=charges[n % len(charges)].account_id)  # type: ignore[attr-defined]
+        for n in range(6000)
+    ]
+    fleet.upstream(backlog, batch=1000)
     before = fleet.processed()
     proxy.slow(0.5)  # each way, on every chunk: a 1 s round trip
 
