@@ -34,7 +34,14 @@ from typing import Any, Protocol
 
 from handlers.context import Outcome
 from handlers.errors import DatabaseUnavailable, NetworkUnavailable
-from queues.envelope import EnvelopeHeader, OpenedMessage, open_envelope, peek_header
+from queues.envelope import (
+    EnvelopeHeader,
+    OpenedMessage,
+    ParsedEnvelope,
+    open_envelope,
+    parse,
+    peek_header,
+)
 from queues.errors import (
     EnvelopeError,
     FleetError,
@@ -151,13 +158,13 @@ class Lifecycle:
         or, if the batch cannot take it, on the one-message path as below.
         """
         started = time.monotonic()
-        info = self._describe(delivery)
+        info, parsed = self._describe(delivery)
         attempt = _int_header(_fleet_headers(delivery), H_ATTEMPT, default=1)
         if not delivery.queue.endswith(".suspect") and delivery.delivery_count >= 2:
             self._to_suspect_lane(delivery, info)
             return
         try:
-            opened = self._open(delivery)
+            opened = self._open(delivery, parsed)
             self.fault_hook("before_handle", opened)
         except Exception as exc:
             self._failed(delivery, info, attempt, exc)
@@ -250,24 +257,37 @@ class Lifecycle:
 
     # -- steps ---------------------------------------------------------------------------------
 
-    def _describe(self, delivery: Delivery) -> dict[str, Any]:
+    def _describe(self, delivery: Delivery) -> tuple[dict[str, Any], ParsedEnvelope | Exception]:
+        """What events say of the delivery, and its envelope parsed once (or why it is refused:
+        opening it would fail with exactly that error)."""
         info: dict[str, Any] = {"queue": delivery.queue}
         try:
-            header = peek_header(delivery.body[: self.max_body_bytes + 1])
-        except FleetError:
-            info["message_id"] = delivery.message_id
-            info["type"] = delivery.message_type
-            return info
+            parsed: ParsedEnvelope | Exception = parse(
+                delivery.body, max_body_bytes=self.max_body_bytes
+            )
+            header = parsed.header if isinstance(parsed, ParsedEnvelope) else None
+        except EnvelopeError as exc:
+            parsed = exc
+            header = None
+        if header is None:  # refused before authentication: the lenient reading, if any
+            try:
+                header = peek_header(delivery.body[: self.max_body_bytes + 1])
+            except FleetError:
+                info["message_id"] = delivery.message_id
+                info["type"] = delivery.message_type
+                return info, parsed
         info.update(
             message_id=str(header.message_id),
             type=header.message_type,
             producer=header.producer,
             created_at=header.created_at.isoformat(),
         )
-        return info
+        return info, parsed
 
-    def _open(self, delivery: Delivery) -> OpenedMessage:
-        opened = open_envelope(delivery.body, self.keys, max_body_bytes=self.max_body_bytes)
+    def _open(self, delivery: Delivery, parsed: ParsedEnvelope | Exception) -> OpenedMessage:
+        if isinstance(parsed, Exception):
+            raise parsed
+        opened = open_envelope(parsed, self.keys, max_body_bytes=self.max_body_bytes)
         header = opened.header
         if delivery.exchange == FLEET_EXCHANGE and delivery.routing_key != header.message_type:
             raise Misrouted("routing key on the fleet exchange differs from the header's type")
