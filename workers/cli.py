@@ -1,7 +1,7 @@
 """The ``fleet`` command. Each group lives in workers/commands/<group>.py and is registered here.
 
 Declaring the commands loads no heavy library: each command imports SQLAlchemy, pika, Dramatiq,
-Alembic, joserfc… in its own body, so ``fleet --help`` starts at once and ``fleet dlq ls`` loads
+Alembic, cryptography… in its body, so ``fleet --help`` starts at once and ``fleet dlq ls`` loads
 only the settings and the database driver (tests/unit/test_cli_imports.py holds this).
 """
 
