@@ -12,8 +12,11 @@ What it does differently from Dramatiq's own RabbitMQ broker, and why (DESIGN §
   ack, requeue — dead-lettering is a publish to ``fleet.dead`` followed by an ack. Only an
   explicit ``ack`` decision acks; anything else (a crash in the wrapper, Dramatiq's ``nack``,
   shutdown) returns the message to its queue. Nothing is acked by accident.
-- **Prefetch = worker threads**, and ``cancel_consumers`` when shutdown begins, so no new
-  deliveries arrive while in-flight work finishes.
+- **Prefetch = worker threads** (``prefetch_by_queue`` deeper for queues whose messages the
+  batch writer settles later: ``Settlement.LATER``), and ``cancel_consumers`` when shutdown
+  begins, so no new deliveries arrive while in-flight work finishes.
+- **Acks handed over together go together**: the consumer thread acks the oldest unsettled run
+  with one ``multiple`` ack, the rest one by one.
 
 pika is not thread-safe: each consumer's connection belongs to its Dramatiq consumer thread;
 worker threads hand acks to it with ``add_callback_threadsafe``.
