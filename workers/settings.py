@@ -91,7 +91,10 @@ class Settings(BaseSettings):
         default=[], description="Domains this worker serves (set by `fleet worker`; [] = all)"
     )
     worker_threads: int = Field(
-        default=4, ge=1, le=64, description="Worker threads per process (= prefetch of queues without batched types)"
+        default=4,
+        ge=1,
+        le=64,
+        description="Worker threads per process (= prefetch of queues without batched types)",
     )
     batch_max_messages: int = Field(
         default=64,
