@@ -37,7 +37,14 @@ from sqlalchemy import Connection, Engine, text
 from handlers.billing import charge_id_for
 from handlers.context import HandlerContext, Outcome
 from handlers.registry import HANDLERS, handler_name
-from queues.contracts import Contract, LogInteraction, OpenAccount, PostCharge
+from queues.contracts import (
+    Contract,
+    LogInteraction,
+    OpenAccount,
+    PostCharge,
+    UpsertCustomer,
+    UpsertCustomerV2,
+)
 
 _T = TypeVar("_T")
 
@@ -273,9 +280,96 @@ def open_accounts(connection: Connection, items: Sequence[Item]) -> list[Decisio
     return decisions
 
 
+# -- crm.customer.upsert (CRM's profile, billing's mirror of the holder) ------------------------
+
+_CRM_COLUMNS = ("name", "email", "msisdn", "street", "postal_code", "city", "country")
+_HOLDER_COLUMNS = ("name", "street", "postal_code", "city", "country")
+
+
+def _upsert(table: str, columns: tuple[str, ...]) -> Any:
+    """``INSERT … ON CONFLICT DO UPDATE … WHERE stored version < new`` for many customers."""
+    names = ("customer_id", "entity_version", *columns)
+    casts = {"customer_id": "uuid[]", "entity_version": "bigint[]"}
+    arrays = ", ".join(f"CAST(:{n} AS {casts.get(n, 'text[]')})" for n in names)
+    changes = ", ".join(f"{n} = excluded.{n}" for n in names if n != "customer_id")
+    return text(
+        f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest({arrays}) "  # noqa: S608 — fixed names
+        f"ON CONFLICT (customer_id) DO UPDATE SET {changes}, updated_at = now() "
+        f"WHERE {table}.entity_version < excluded.entity_version "
+        "RETURNING customer_id"
+    )
+
+
+_UPSERT_CUSTOMERS = {
+    1: _upsert("crm_customers", _CRM_COLUMNS),
+    2: _upsert("crm_customers", (*_CRM_COLUMNS, "preferred_language")),
+}
+_UPSERT_HOLDERS = _upsert("billing_account_holders", _HOLDER_COLUMNS)
+
+
+def _customer_fields(cmd: UpsertCustomer, name: str) -> Any:
+    if name in ("street", "postal_code", "city", "country"):
+        return getattr(cmd.address, name)
+    return getattr(cmd, name)
+
+
+def _upsert_group(
+    connection: Connection,
+    items: Sequence[Item],
+    statement_for: Callable[[UpsertCustomer], Any],
+    columns_for: Callable[[UpsertCustomer], tuple[str, ...]],
+) -> list[Decision]:
+    """An entity version not newer than the stored one is stale (as one by one). A customer
+    twice in one batch is unrolled after its first: one statement cannot update a row twice."""
+    customers = [_payload(item, UpsertCustomer) for item in items]
+    decisions: list[Decision] = [UNROLL] * len(items)
+    seen: set[uuid.UUID] = set()
+    statements: dict[int, list[int]] = {}
+    for index, cmd in enumerate(customers):
+        if cmd.customer_id in seen:
+            continue
+        seen.add(cmd.customer_id)
+        statements.setdefault(id(statement_for(cmd)), []).append(index)
+    for members in statements.values():
+        first = customers[members[0]]
+        params = {
+            name: [_customer_fields(customers[i], name) for i in members]
+            for name in ("customer_id", "entity_version", *columns_for(first))
+        }
+        applied = {row.customer_id for row in connection.execute(statement_for(first), params)}
+        for index in members:
+            ok = customers[index].customer_id in applied
+            decisions[index] = Outcome.OK if ok else Outcome.STALE
+    return decisions
+
+
+def upsert_customers(connection: Connection, items: Sequence[Item]) -> list[Decision]:
+    """``handlers.crm.upsert_customer`` for many (a schema-1 message leaves the preferred
+    language as stored: schema versions go in statements of their own)."""
+
+    def version(cmd: UpsertCustomer) -> int:
+        return 2 if isinstance(cmd, UpsertCustomerV2) else 1
+
+    return _upsert_group(
+        connection,
+        items,
+        lambda cmd: _UPSERT_CUSTOMERS[version(cmd)],
+        lambda cmd: (*_CRM_COLUMNS, "preferred_language") if version(cmd) == 2 else _CRM_COLUMNS,
+    )
+
+
+def mirror_holders(connection: Connection, items: Sequence[Item]) -> list[Decision]:
+    """``handlers.billing.mirror_account_holder`` for many."""
+    return _upsert_group(
+        connection, items, lambda cmd: _UPSERT_HOLDERS, lambda cmd: _HOLDER_COLUMNS
+    )
+
+
 # -- the registry ---------------------------------------------------------------------------------
 
 GROUP_HANDLERS: dict[tuple[str, str], GroupHandler] = {
+    ("crm", "crm.customer.upsert"): upsert_customers,
+    ("billing", "crm.customer.upsert"): mirror_holders,
     ("billing", "billing.account.open"): open_accounts,
     ("billing", "billing.charge.post"): post_charges,
     ("crm", "crm.interaction.log"): log_interactions,

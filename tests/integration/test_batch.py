@@ -23,7 +23,15 @@ from sqlalchemy import Engine, text
 from handlers import batch, bus
 from handlers.context import Outcome
 from handlers.store.uow import UnitOfWork
-from queues.contracts import Contract, LogInteraction, Money, OpenAccount, PostCharge
+from queues.contracts import (
+    Contract,
+    LogInteraction,
+    Money,
+    OpenAccount,
+    PostCharge,
+    UpsertCustomer,
+    UpsertCustomerV2,
+)
 from queues.contracts.crm import InteractionChannel
 from tests.support.db import migrated_schema
 from tests.support.handlers import FakeNetwork
@@ -70,6 +78,16 @@ class World:
                         "m": uuid.UUID(int=slot + 1),
                     },
                 )
+            # Customer 1 is known at entity version 2 on both sides: older upserts are stale.
+            for table in ("crm_customers", "billing_account_holders"):
+                connection.execute(
+                    text(
+                        f"INSERT INTO {table} (customer_id, entity_version, name, street, "  # noqa: S608
+                        "postal_code, city, country) "
+                        "VALUES (:c, 2, 'Anna Huber', 'Gasse 2', '1010', 'Wien', 'AT')"
+                    ),
+                    {"c": self.customers[1]},
+                )
 
     def rows(self, engine: Engine) -> dict[str, list[Any]]:
         """Every row this example can have touched, without server-set timestamps."""
@@ -83,12 +101,19 @@ class World:
             "interactions": "SELECT interaction_id, customer_id, channel, topic, note, "
             "occurred_at, message_id FROM crm_interactions "
             "WHERE interaction_id = ANY(:interactions) ORDER BY interaction_id",
+            "customers": "SELECT customer_id, entity_version, name, email, msisdn, street, "
+            "postal_code, city, country, preferred_language FROM crm_customers "
+            "WHERE customer_id = ANY(:customers) ORDER BY customer_id",
+            "holders": "SELECT customer_id, entity_version, name, street, postal_code, city, "
+            "country FROM billing_account_holders "
+            "WHERE customer_id = ANY(:customers) ORDER BY customer_id",
             "inbox": "SELECT message_id, handler, outcome FROM inbox "
             "WHERE message_id = ANY(:messages) ORDER BY message_id, handler",
         }
         ids = {
             "accounts": self.accounts,
             "interactions": self.interactions,
+            "customers": self.customers,
             "messages": self.message_ids,
         }
         with engine.connect() as connection:
@@ -103,11 +128,38 @@ def batches(draw: st.DrawFn) -> tuple[World, list[batch.Item]]:
     world = World()
     items: list[batch.Item] = []
     for _ in range(draw(st.integers(1, 14))):
-        kind = draw(st.sampled_from(["open", "charge", "charge", "charge", "log", "again"]))
+        kind = draw(
+            st.sampled_from(["open", "charge", "charge", "charge", "log", "upsert", "again"])
+        )
         if kind == "again" and items:
             items.append(draw(st.sampled_from(items)))  # a redelivery: same id, same payload
             continue
         payload: Contract
+        if kind == "upsert":  # fanned out: CRM's profile and billing's holder, one message id
+            slot = draw(st.integers(0, 1))
+            fields: dict[str, Any] = {
+                "customer_id": world.customers[slot],
+                "entity_version": draw(st.integers(1, 4)),
+                "name": draw(st.sampled_from(["Anna Huber", "Anna Berger"])),
+                "email": None,
+                "msisdn": None,
+                "address": {
+                    "street": "Mariahilfer Straße 1",
+                    "postal_code": "1060",
+                    "city": "Wien",
+                    "country": "AT",
+                },
+            }
+            if draw(st.booleans()):
+                fields["preferred_language"] = draw(st.sampled_from([None, "de-AT"]))
+                upsert: Contract = UpsertCustomerV2.model_validate(fields)
+            else:
+                upsert = UpsertCustomer.model_validate(fields)
+            message_id = uuid.uuid4()
+            world.message_ids.append(message_id)
+            for queue in draw(st.permutations(["crm", "billing"])):
+                items.append(batch.Item(_context(upsert, message_id, queue), upsert))
+            continue
         if kind == "open":
             slot = draw(st.sampled_from([0, 2, 2]))
             payload = OpenAccount(
@@ -140,8 +192,8 @@ def batches(draw: st.DrawFn) -> tuple[World, list[batch.Item]]:
     return world, items
 
 
-def _context(payload: Contract, message_id: uuid.UUID) -> Any:
-    queue = "crm" if payload.message_type.startswith("crm.") else "billing"
+def _context(payload: Contract, message_id: uuid.UUID, queue: str | None = None) -> Any:
+    queue = queue or ("crm" if payload.message_type.startswith("crm.") else "billing")
     return batch.context_for(
         queue, message_id, payload.message_type, "fleet", CHARGED_AT, correlation_id=None
     )
