@@ -17,11 +17,9 @@ import uuid
 from types import TracebackType
 from typing import Literal, Self
 
-from sqlalchemy import Engine, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from handlers.store.models import Inbox, Outbox
 from queues.contracts import Contract
 
 IsolationLevel = Literal["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"]
@@ -85,9 +83,7 @@ class UnitOfWork:
 
     def already_processed(self, message_id: uuid.UUID, handler: str) -> bool:
         """Whether this handler already committed this message (a cheap read, no lock)."""
-        found = self.session.execute(
-            select(Inbox.outcome).where(Inbox.message_id == message_id, Inbox.handler == handler)
-        ).first()
+        found = self.session.execute(_PROCESSED, {"m": message_id, "h": handler}).first()
         return found is not None
 
     def claim_inbox(self, message_id: uuid.UUID, handler: str, outcome: str = "ok") -> bool:
@@ -98,10 +94,7 @@ class UnitOfWork:
         primary key serializes duplicates), so at most one of them ever commits effects.
         """
         inserted = self.session.execute(
-            insert(Inbox)
-            .values(message_id=message_id, handler=handler, outcome=outcome)
-            .on_conflict_do_nothing(index_elements=[Inbox.message_id, Inbox.handler])
-            .returning(Inbox.message_id)
+            _CLAIM, {"m": message_id, "h": handler, "o": outcome}
         ).first()
         if inserted is None:
             return False
@@ -110,11 +103,7 @@ class UnitOfWork:
 
     def record_outcome(self, message_id: uuid.UUID, handler: str, outcome: str) -> None:
         """Change the outcome of a claim made in this transaction (e.g. ``stale``)."""
-        self.session.execute(
-            update(Inbox)
-            .where(Inbox.message_id == message_id, Inbox.handler == handler)
-            .values(outcome=outcome)
-        )
+        self.session.execute(_RECORD, {"m": message_id, "h": handler, "o": outcome})
 
     def add_outbox(
         self, payload: Contract, message_id: uuid.UUID, correlation_id: uuid.UUID | None
@@ -125,15 +114,28 @@ class UnitOfWork:
         the outbox is left alone (returns False): follow-up ids are derived deterministically.
         """
         inserted = self.session.execute(
-            insert(Outbox)
-            .values(
-                message_id=message_id,
-                message_type=payload.message_type,
-                schema_version=payload.schema_version,
-                payload=payload.model_dump(mode="json"),
-                correlation_id=correlation_id,
-            )
-            .on_conflict_do_nothing(index_elements=[Outbox.message_id])
-            .returning(Outbox.id)
+            _OUTBOX,
+            {
+                "m": message_id,
+                "t": payload.message_type,
+                "v": payload.schema_version,
+                "p": payload.model_dump_json(),
+                "c": correlation_id,
+            },
         ).first()
         return inserted is not None
+
+
+# The bookkeeping every handler does, built once (a statement built per call costs more than
+# the round trip). Table and columns as in handlers.store.models.Inbox / Outbox.
+_PROCESSED = text("SELECT outcome FROM inbox WHERE message_id = :m AND handler = :h")
+_CLAIM = text(
+    "INSERT INTO inbox (message_id, handler, outcome) VALUES (:m, :h, :o) "
+    "ON CONFLICT (message_id, handler) DO NOTHING RETURNING message_id"
+)
+_RECORD = text("UPDATE inbox SET outcome = :o WHERE message_id = :m AND handler = :h")
+_OUTBOX = text(
+    "INSERT INTO outbox (message_id, message_type, schema_version, payload, correlation_id) "
+    "VALUES (:m, :t, :v, CAST(:p AS jsonb), :c) "
+    "ON CONFLICT (message_id) DO NOTHING RETURNING id"
+)
