@@ -186,6 +186,7 @@ def build_runtime(settings: Settings | None = None) -> Runtime:
         settings.database_url.get_secret_value(),
         settings.db_schema,
         pool_size=settings.worker_threads,
+        pre_ping=False,  # a dead connection is a transient failure, not a round trip per message
     )
     network = HttpNetworkElement(
         settings.network_url,

@@ -48,12 +48,16 @@ def make_engine(
     max_overflow: int = DEFAULT_MAX_OVERFLOW,
     pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S,
     application_name: str = "telco-fleet",
+    pre_ping: bool = True,
 ) -> Engine:
     """The process's engine for ``url`` (SQLAlchemy form, e.g. ``postgresql+psycopg://…``).
 
     ``schema`` sets the connections' ``search_path`` (tests migrate into a schema of their own).
-    SQL errors never carry statement parameters (``hide_parameters``); dead pooled connections
-    are replaced before use (``pool_pre_ping``).
+    SQL errors never carry statement parameters (``hide_parameters``). With ``pre_ping`` a dead
+    pooled connection is replaced before use, at one round trip per checkout; without it (the
+    workers: a round trip per message is too dear) its first statement fails — the bus calls
+    that ``DatabaseUnavailable``, a transient failure — and SQLAlchemy then replaces every
+    connection of the pool that is as old.
 
     Raises:
         ValueError: ``schema`` is not a plain identifier.
@@ -64,7 +68,7 @@ def make_engine(
     return create_engine(
         url,
         hide_parameters=True,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_timeout=pool_timeout_s,
