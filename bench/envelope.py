@@ -40,6 +40,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import OctKey
 from pydantic_core import to_json
 
+from bench.measure import cpu_model
 from queues.contracts import model_for
 from queues.envelope import (
     EnvelopeHeader,
@@ -65,13 +66,7 @@ JOSE = jwe.JWERegistry(algorithms=["dir", "A256GCM"], strict_check_header=False)
 
 def machine() -> dict[str, Any]:
     """What the numbers depend on."""
-    cpu = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     return {
         "cpu": cpu,
         "cores": len(os.sched_getaffinity(0)),

@@ -27,6 +27,7 @@ from typing import Any
 
 import pika
 
+from bench.measure import cpu_model
 from queues.envelope import SealedMessage, seal
 from queues.keys import KeyRegistry, ProducerKey
 from queues.publisher import Publisher
@@ -52,13 +53,7 @@ class Run:
 
 def machine() -> dict[str, Any]:
     """What the numbers depend on."""
-    cpu = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     try:
         broker = rabbitmqctl("version").strip()
     except (RuntimeError, OSError, subprocess.SubprocessError):

@@ -241,22 +241,23 @@ def test_a_batch_leaves_the_rows_and_outcomes_of_its_messages_one_by_one(
     assert world.rows(batched) == world.rows(alone)
 
 
+def _euro_charge(account_id: uuid.UUID, n: int) -> PostCharge:
+    return PostCharge(
+        account_id=account_id,
+        source_reference=f"cdr-{n}",
+        amount=Money.of(100, "EUR"),
+        description="usage",
+        charged_at=CHARGED_AT,
+    )
+
+
 def test_a_failing_message_leaves_the_rest_of_its_batch_committed(
     schemas: tuple[Engine, Engine],
 ) -> None:
     batched, _ = schemas
     world = World()
     world.open_accounts(batched)
-    good = [
-        PostCharge(
-            account_id=world.accounts[0],
-            source_reference=f"cdr-{n}",
-            amount=Money.of(100, "EUR"),
-            description="usage",
-            charged_at=CHARGED_AT,
-        )
-        for n in range(3)
-    ]
+    good = [_euro_charge(world.accounts[0], n) for n in range(3)]
     not_yet = good[0].model_copy(update={"account_id": world.accounts[2]})
     items = []
     for payload in [good[0], not_yet, good[1], good[2]]:
@@ -282,16 +283,7 @@ def test_a_database_error_commits_nothing_and_sends_every_message_alone(
     world.open_accounts(batched)
     items = [
         batch.Item(_context(payload, uuid.uuid4()), payload)
-        for payload in (
-            PostCharge(
-                account_id=world.accounts[0],
-                source_reference=f"cdr-{n}",
-                amount=Money.of(100, "EUR"),
-                description="usage",
-                charged_at=CHARGED_AT,
-            )
-            for n in range(3)
-        )
+        for payload in (_euro_charge(world.accounts[0], n) for n in range(3))
     ]
     world.message_ids += [item.ctx.message_id for item in items]
 
