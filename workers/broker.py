@@ -210,11 +210,17 @@ class FleetBroker(dramatiq.Broker):
             consumer.resume()
 
     def _resumable(self, domains: Iterable[str]) -> list[FleetConsumer]:
+        """The consumers of ``domains`` (no others: their prefetch is not this breaker's)."""
+        wanted = set(domains)
         with self._lock:
-            self._paused -= set(domains)
+            self._paused -= wanted
             if self._stopping:
                 return []
-            return [c for c in self._consumers if _domain(c.queue_name) not in self._paused]
+            return [
+                c
+                for c in self._consumers
+                if _domain(c.queue_name) in wanted and _domain(c.queue_name) not in self._paused
+            ]
 
     def close(self) -> None:
         with self._lock:

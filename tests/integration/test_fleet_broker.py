@@ -754,3 +754,30 @@ def test_settlements_handed_over_together_ack_the_oldest_run_at_once_and_requeue
     finally:
         consumer.close()
     assert counts(place.vhost)["billing"] == (0, 0)
+
+
+def test_a_breaker_probes_its_own_domains_one_at_a_time_and_leaves_the_others_alone(
+    place: Place,
+) -> None:
+    broker = FleetBroker(place.url, choose_actor=choose_by_body, prefetch=8)
+    billing = broker.consume("billing", timeout=200)
+    provisioning = broker.consume("provisioning", timeout=200)
+    try:
+        broker.pause_domains(["provisioning"])
+        broker.resume_domains(["provisioning"])  # half-open: a probe
+        assert (billing._prefetch, provisioning._prefetch) == (8, 1)
+        broker.restore_domains(["provisioning"])  # closed again
+        assert (billing._prefetch, provisioning._prefetch) == (8, 8)
+        publish(place.url, "provisioning.service.activate", b"alpha: after the outage")
+        message = None
+        for _ in range(50):
+            message = next(provisioning)
+            if message is not None:
+                break
+        assert message is not None, "a restored consumer receives again"
+        message.delivery.settle(Settlement.ACK)
+        provisioning.ack(message)
+    finally:
+        billing.close()
+        provisioning.close()
+    wait_counts(place, "provisioning", (0, 0))
