@@ -92,12 +92,14 @@ class Batcher:
 
     Answers run in the writer thread, in the context (log and metrics fields) of the worker
     thread that handed the message over; a message the batch cannot take runs on the one-message
-    path in a pool of its own, so the writer never waits for one.
+    path in a thread of its own, so the writer never waits for one. One thread: with the
+    writer's connection and the worker threads' that is ``worker_threads + 2`` connections at
+    most, the process's pool (``pool_size`` + ``max_overflow``: the connection budget).
     """
 
-    def __init__(self, writer: BatchWriter, *, threads: int) -> None:
+    def __init__(self, writer: BatchWriter) -> None:
         self.writer = writer
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fleet-alone")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-alone")
         self._idle = threading.Condition()
         self._running = 0
 
@@ -228,7 +230,7 @@ def build_runtime(settings: Settings | None = None) -> Runtime:
         header = opened.header
         return str(bus.handle(queue, header.message_id, header, opened.payload, new_uow, network))
 
-    batcher = Batcher(writer, threads=settings.worker_threads) if writer is not None else None
+    batcher = Batcher(writer) if writer is not None else None
 
     breakers = Breakers(
         CircuitBreaker(

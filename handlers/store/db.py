@@ -2,7 +2,10 @@
 
 Connection budget. Every worker thread holds at most one connection while it handles a message,
 so a process needs ``pool_size`` ≈ its worker threads; ``max_overflow`` absorbs the odd extra
-(outbox relay, health probe). The server must fit the whole fleet::
+(the batch writer's own connection, its one thread for messages a batch unrolled, the outbox
+relay, the health probe; a batched message holds no worker thread's connection). When all of
+them are busy at once the last one waits up to ``pool_timeout``. The server must fit the whole
+fleet::
 
     (pool_size + max_overflow) × processes per pod × pods (all domains, archiver, relay)
         < max_connections − superuser_reserved_connections − headroom for operators
