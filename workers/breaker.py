@@ -7,9 +7,9 @@ deliveries; the broker keeps the messages), and messages already in hand that fa
 are parked on the first retry tier **without using up an attempt**. After ``open_s`` the breaker
 goes **half-open**: consumption resumes one message at a time (prefetch 1, so a deep prefetch
 does not bring a flood of messages to fail again); the first success closes it and restores the
-full prefetch, the first outage failure
-opens it again for twice as long (up to ``max_open_s``). Billing and CRM keep flowing while the
-network element is down; nothing is dead-lettered for an outage shorter than the retry budget.
+full prefetch, the first outage failure opens it again for twice as long (up to
+``max_open_s``). Billing and CRM keep flowing while the network element is down; nothing is
+dead-lettered for an outage shorter than the retry budget.
 """
 
 from __future__ import annotations

@@ -216,11 +216,7 @@ class FleetBroker(dramatiq.Broker):
             self._paused -= wanted
             if self._stopping:
                 return []
-            return [
-                c
-                for c in self._consumers
-                if _domain(c.queue_name) in wanted and _domain(c.queue_name) not in self._paused
-            ]
+            return [c for c in self._consumers if _domain(c.queue_name) in wanted]
 
     def close(self) -> None:
         with self._lock:
@@ -397,7 +393,6 @@ class FleetConsumer(dramatiq.Consumer):
             run += 1
         if run >= 2:
             self._channel.basic_ack(oldest_first[run - 1], multiple=True)
-            acks.difference_update(oldest_first[:run])
             self._unsettled.difference_update(oldest_first[:run])
         for tag, settlement in pending:
             if tag not in self._unsettled:
