@@ -101,6 +101,17 @@ class Batcher(Protocol):
 
 
 @dataclass(frozen=True)
+class _InHand:
+    """A delivery whose envelope opened, on its way to its decision."""
+
+    delivery: Delivery
+    info: dict[str, Any]
+    attempt: int
+    opened: OpenedMessage
+    started: float
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     """How long and how often a message may come back before it is dead-lettered."""
 
@@ -170,55 +181,41 @@ class Lifecycle:
             self._failed(delivery, info, attempt, exc)
             return
         queue = domain_of(delivery.queue)
+        hand = _InHand(delivery, info, attempt, opened, started)
         batcher = self.batcher
         if batcher is not None and batcher.accepts(queue, opened):
             delivery.defer()
 
             def then(outcome: Outcome | None) -> None:
                 if outcome is None:
-                    batcher.alone(lambda: self._apply(delivery, info, attempt, opened, started))
+                    batcher.alone(lambda: self._apply(hand))
                 else:
-                    self._succeeded(delivery, info, attempt, opened, started, str(outcome))
+                    self._succeeded(hand, str(outcome))
 
             batcher.submit(queue, opened, then)
             return
-        self._apply(delivery, info, attempt, opened, started)
+        self._apply(hand)
 
-    def _apply(
-        self,
-        delivery: Delivery,
-        info: dict[str, Any],
-        attempt: int,
-        opened: OpenedMessage,
-        started: float,
-    ) -> None:
+    def _apply(self, hand: _InHand) -> None:
         """The one-message path: the handler in its own transaction, then the decision."""
         try:
-            outcome = self.apply(domain_of(delivery.queue), opened)
+            outcome = self.apply(domain_of(hand.delivery.queue), hand.opened)
         except Exception as exc:
-            self._failed(delivery, info, attempt, exc)
+            self._failed(hand.delivery, hand.info, hand.attempt, exc)
             return
-        self._succeeded(delivery, info, attempt, opened, started, outcome)
+        self._succeeded(hand, outcome)
 
-    def _succeeded(
-        self,
-        delivery: Delivery,
-        info: dict[str, Any],
-        attempt: int,
-        opened: OpenedMessage,
-        started: float,
-        outcome: str,
-    ) -> None:
-        self.fault_hook("after_commit_before_ack", opened)
-        for breaker in self.breakers.for_domain(domain_of(delivery.queue)):
+    def _succeeded(self, hand: _InHand, outcome: str) -> None:
+        self.fault_hook("after_commit_before_ack", hand.opened)
+        for breaker in self.breakers.for_domain(domain_of(hand.delivery.queue)):
             breaker.record_success()
-        delivery.settle(Settlement.ACK)
+        hand.delivery.settle(Settlement.ACK)
         self.events.emit(
             outcome,
-            **info,
-            attempt=attempt,
-            age_s=round(time.time() - opened.header.created_at.timestamp(), 6),
-            duration_s=round(time.monotonic() - started, 6),
+            **hand.info,
+            attempt=hand.attempt,
+            age_s=round(time.time() - hand.opened.header.created_at.timestamp(), 6),
+            duration_s=round(time.monotonic() - hand.started, 6),
         )
 
     def _failed(
@@ -257,18 +254,18 @@ class Lifecycle:
 
     # -- steps ---------------------------------------------------------------------------------
 
-    def _describe(self, delivery: Delivery) -> tuple[dict[str, Any], ParsedEnvelope | Exception]:
+    def _describe(
+        self, delivery: Delivery
+    ) -> tuple[dict[str, Any], ParsedEnvelope | EnvelopeError]:
         """What events say of the delivery, and its envelope parsed once (or why it is refused:
         opening it would fail with exactly that error)."""
         info: dict[str, Any] = {"queue": delivery.queue}
+        parsed: ParsedEnvelope | EnvelopeError
         try:
-            parsed: ParsedEnvelope | Exception = parse(
-                delivery.body, max_body_bytes=self.max_body_bytes
-            )
-            header = parsed.header if isinstance(parsed, ParsedEnvelope) else None
+            parsed = parse(delivery.body, max_body_bytes=self.max_body_bytes)
         except EnvelopeError as exc:
             parsed = exc
-            header = None
+        header = parsed.header if isinstance(parsed, ParsedEnvelope) else None
         if header is None:  # refused before authentication: the lenient reading, if any
             try:
                 header = peek_header(delivery.body[: self.max_body_bytes + 1])
@@ -284,8 +281,8 @@ class Lifecycle:
         )
         return info, parsed
 
-    def _open(self, delivery: Delivery, parsed: ParsedEnvelope | Exception) -> OpenedMessage:
-        if isinstance(parsed, Exception):
+    def _open(self, delivery: Delivery, parsed: ParsedEnvelope | EnvelopeError) -> OpenedMessage:
+        if isinstance(parsed, EnvelopeError):
             raise parsed
         opened = open_envelope(parsed, self.keys, max_body_bytes=self.max_body_bytes)
         header = opened.header
