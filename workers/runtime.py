@@ -110,7 +110,7 @@ class Batcher:
         self, queue: str, opened: OpenedMessage, then: Callable[[Outcome | None], None]
     ) -> None:
         context = contextvars.copy_context()
-        self.writer.submit_then(queue, opened, lambda outcome: context.run(then, outcome))
+        self.writer.submit(queue, opened, lambda outcome: context.run(then, outcome))
 
     def alone(self, work: Callable[[], None]) -> None:
         context = contextvars.copy_context()

@@ -1,17 +1,17 @@
 """The batch writer: one per worker process, it commits many messages' effects in one transaction.
 
-    outcome = writer.submit(queue, opened)   # a worker thread waits here; None ▶ run it alone
+    writer.submit(queue, opened, then)   # returns at once; then(outcome) from the writer thread
 
 Worker threads open, authorize and validate their own deliveries, then hand a message of a
-batched type (``handlers.batch``) to the writer and wait. The writer takes what is waiting —
-up to ``max_messages``, or what arrived within ``max_wait_s`` of the first — and applies it with
-``handlers.batch.apply_batch``: one inbox claim, set-based effects, one commit. Each waiting
-thread then gets its own outcome and settles its own delivery (the lifecycle acks after the
-commit, as on the one-message path).
+batched type (``handlers.batch``) to the writer and go on with the next delivery. The writer
+takes what is waiting — up to ``max_messages``, or what arrived within ``max_wait_s`` of the
+first — and applies it with ``handlers.batch.apply_until_settled``: one inbox claim, set-based
+effects, one commit. It then answers each message (``then(outcome)``), and the lifecycle
+settles its delivery: the ack follows the commit, as on the one-message path.
 
 Nothing is decided for a message that the one-message path would decide differently: a message
 the batch answers ``UNROLL`` is dropped from the batch, the rest is applied again without it, and
-its thread runs it alone (``None``). Any exception — a deadlock, a lost connection, a bug — does
+it is answered None: apply it alone. Any exception — a deadlock, a lost connection, a bug — does
 the same for the whole batch. So a failure costs the batch its sharing, never a message its
 precise outcome, and exactly-once rests on the same inbox claim as before.
 """
@@ -83,20 +83,7 @@ class BatchWriter:
         self._thread = threading.Thread(target=self._run, name="fleet-batch-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, queue: str, opened: OpenedMessage) -> Outcome | None:
-        """The outcome of ``opened`` applied in a batch, or None: apply it alone (waits)."""
-        done = threading.Event()
-        answers: list[Outcome | None] = []
-
-        def then(outcome: Outcome | None) -> None:
-            answers.append(outcome)
-            done.set()
-
-        self.submit_then(queue, opened, then)
-        done.wait()
-        return answers[0]
-
-    def submit_then(self, queue: str, opened: OpenedMessage, then: Answer) -> None:
+    def submit(self, queue: str, opened: OpenedMessage, then: Answer) -> None:
         """Apply ``opened`` in a batch and call ``then(outcome)`` — or ``then(None)``: apply it
         alone — from the writer thread (or at once, from this one, if the writer is closed)."""
         if self._closed or not self._thread.is_alive():

@@ -327,13 +327,27 @@ class _Header:
         self.correlation_id = None
 
 
+def _submit(writer: BatchWriter, opened: _Opened) -> Outcome | None:
+    """Hand ``opened`` to the writer and wait for its answer (the lifecycle does not wait)."""
+    done = threading.Event()
+    answers: list[Outcome | None] = []
+
+    def then(outcome: Outcome | None) -> None:
+        answers.append(outcome)
+        done.set()
+
+    writer.submit("billing", opened, then)  # type: ignore[arg-type]
+    assert done.wait(60), "the writer never answered"
+    return answers[0]
+
+
 def _submit_all(writer: BatchWriter, opened: list[_Opened]) -> list[Outcome | None]:
     results: list[Outcome | None] = [None] * len(opened)
     start = threading.Barrier(len(opened))
 
     def run(index: int) -> None:
         start.wait()
-        results[index] = writer.submit("billing", opened[index])  # type: ignore[arg-type]
+        results[index] = _submit(writer, opened[index])
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(opened))]
     for thread in threads:
@@ -381,4 +395,4 @@ def test_a_closed_writer_sends_messages_alone(schemas: tuple[Engine, Engine]) ->
     writer = BatchWriter(batched, max_messages=4, max_wait_s=0.0, events=EventSink())
     writer.close()
     world = World()
-    assert writer.submit("billing", _Opened(_charges(world, 1)[0])) is None  # type: ignore[arg-type]
+    assert _submit(writer, _Opened(_charges(world, 1)[0])) is None
