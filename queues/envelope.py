@@ -27,27 +27,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Field,
-    GetCoreSchemaHandler,
-    GetPydanticSchema,
     ValidationError,
-    WithJsonSchema,
-    field_validator,
 )
-from pydantic_core import core_schema, to_json
+from pydantic_core import to_json
 
 from queues.contracts import Contract, model_for
 from queues.errors import (
@@ -61,6 +52,12 @@ from queues.errors import (
     UnknownKid,
     UnsupportedAlgorithm,
 )
+from queues.header import ALG as ALG
+from queues.header import ENC as ENC
+from queues.header import MAX_ENTITY_VERSION as MAX_ENTITY_VERSION
+from queues.header import EnvelopeHeader as EnvelopeHeader
+from queues.header import describe_validation_error as describe_validation_error
+from queues.header import rfc3339, validated_from_json
 from queues.keys import KeyRegistry, ProducerKey
 from queues.wire import DEFAULT_MAX_BODY_BYTES as DEFAULT_MAX_BODY_BYTES
 from queues.wire import MAX_HEADER_SEGMENT_BYTES as MAX_HEADER_SEGMENT_BYTES
@@ -75,13 +72,7 @@ from queues.wire import (
 )
 from queues.wire import peek_raw_header as peek_raw_header
 
-ALG: Literal["dir"] = "dir"
-ENC: Literal["A256GCM"] = "A256GCM"
 CONTENT_TYPE = "application/jose"
-MAX_ENTITY_VERSION = 2**53 - 1  # exact in every JSON implementation (JavaScript numbers)
-
-_CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
 # Compact JWE with alg "dir": empty encrypted key, 96-bit IV, 128-bit tag (base64url lengths).
 _IV_BYTES = 12
 _TAG_BYTES = 16
@@ -92,91 +83,6 @@ _HEADER_JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
 _NOT_AUTHENTIC = "ciphertext or protected header failed AES-GCM authentication"
 _ALGORITHMS = f"only alg {ALG!r} with enc {ENC!r} and no zip is accepted"
 _NO_CRIT = "invalid header: crit: no critical extensions are understood"
-_UUID_SPELLING = "must be a lower-case hyphenated UUID"
-
-
-def _uuid_from_text(value: object) -> object:
-    if isinstance(value, str):
-        if not _CANONICAL_UUID.match(value):
-            raise ValueError(_UUID_SPELLING)
-        return uuid.UUID(value)
-    return value
-
-
-def _canonical_uuid_schema(_source: Any, _handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
-    # One spelling only, so that ids compare as text everywhere (AMQP property, archive). From the
-    # wire, pydantic-core checks and converts it without a Python call (the Python validators of
-    # the two ids were over a third of the header's validation); built in Python
-    # (EnvelopeHeader(...)), a UUID or its canonical text.
-    from_wire = core_schema.chain_schema(
-        [
-            core_schema.str_schema(pattern=_CANONICAL_UUID.pattern),
-            core_schema.uuid_schema(strict=False),
-        ]
-    )
-    return core_schema.json_or_python_schema(
-        json_schema=core_schema.custom_error_schema(
-            from_wire,
-            custom_error_type="value_error",
-            custom_error_context={"error": _UUID_SPELLING},
-        ),
-        python_schema=core_schema.no_info_before_validator_function(
-            _uuid_from_text, core_schema.uuid_schema()
-        ),
-    )
-
-
-CanonicalUuid = Annotated[
-    uuid.UUID,
-    GetPydanticSchema(_canonical_uuid_schema),
-    WithJsonSchema({"format": "uuid", "type": "string"}),
-]
-
-
-class EnvelopeHeader(BaseModel):
-    """The protected header: key id, algorithms and the steering fields. Authoritative."""
-
-    model_config = ConfigDict(frozen=True, extra="allow", strict=True)
-
-    alg: Literal["dir"]
-    enc: Literal["A256GCM"]
-    kid: str = Field(min_length=1, max_length=128)
-    cty: Literal["application/json"] = "application/json"
-    message_id: CanonicalUuid = Field(
-        description="Unique per message, kept across retries and replays"
-    )
-    message_type: str = Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$", max_length=128)
-    schema_version: int = Field(ge=1, le=10_000)
-    producer: str = Field(pattern=r"^[a-z][a-z0-9-]{1,31}$")
-    created_at: AwareDatetime
-    correlation_id: CanonicalUuid | None = None
-    entity_version: int | None = Field(default=None, ge=1, le=MAX_ENTITY_VERSION)
-
-    @field_validator("created_at", mode="before")
-    @classmethod
-    def _rfc3339(cls, value: object) -> object:
-        if not isinstance(value, str):
-            return value
-        if not _RFC3339.match(value):
-            raise ValueError("must be an RFC 3339 date-time with an offset")
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-    def to_jose(self) -> dict[str, Any]:
-        fields = self.model_dump(mode="json", exclude_none=True)
-        fields["created_at"] = _rfc3339(self.created_at)
-        return fields
-
-    @classmethod
-    def from_jose(cls, raw: dict[str, Any]) -> EnvelopeHeader:
-        """Validate a decoded header object.
-
-        Raises:
-            InvalidHeader: a steering field is missing or malformed (named, never its value).
-        """
-        try:
-            return cls.model_validate_json(json.dumps(raw))
-        except ValidationError as exc:
-            raise InvalidHeader(f"invalid header: {describe_validation_error(exc)}") from None
 
 
 @dataclass(frozen=True)
@@ -211,18 +117,6 @@ class ParsedEnvelope:
     _parts: tuple[bytes, bytes, bytes, bytes] = field(repr=False, compare=False)
 
 
-def describe_validation_error(exc: ValidationError, limit: int = 8) -> str:
-    """Field locations and error kinds of a pydantic error; never the input values."""
-    parts = []
-    for error in exc.errors(include_input=False, include_url=False, include_context=False)[:limit]:
-        location = ".".join(str(p) for p in error["loc"]) or "(root)"
-        parts.append(f"{location}: {error['type']}")
-    more = exc.error_count() - limit
-    if more > 0:
-        parts.append(f"and {more} more")
-    return "; ".join(parts)
-
-
 def seal(
     payload: Contract,
     key: ProducerKey,
@@ -249,7 +143,7 @@ def seal(
         "message_type": payload.message_type,
         "schema_version": payload.schema_version,
         "producer": key.producer,
-        "created_at": _rfc3339(created_at or datetime.now(UTC)),
+        "created_at": rfc3339(created_at or datetime.now(UTC)),
     }
     if correlation_id is not None:
         fields["correlation_id"] = str(correlation_id)
@@ -304,7 +198,7 @@ def peek_header(body: bytes) -> EnvelopeHeader:
         InvalidHeader: a steering field is missing or malformed.
     """
     text = decode_protected(protected_segment(body))
-    header = _validated(text)
+    header = validated_from_json(text)
     return header if header is not None else EnvelopeHeader.from_jose(protected_object(text))
 
 
@@ -318,7 +212,7 @@ def parse(body: bytes, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Parse
     _check_size(body, max_body_bytes)
     protected, encrypted_key, iv, ciphertext, tag = compact_parts(body)
     text = decode_protected(protected)
-    header = _validated(text)
+    header = validated_from_json(text)
     if header is not None:
         # alg and enc are the model's literals, kid is required; zip and crit would be extras.
         extra = header.model_extra or {}
@@ -377,18 +271,6 @@ def open_envelope(
     return OpenedMessage(header=header, payload=payload)
 
 
-def _validated(text: bytes) -> EnvelopeHeader | None:
-    """The header validated straight from its JSON text, else None: then the ordered checks on
-    ``json.loads``' reading name the first failure. pydantic-core's JSON parser accepts a subset
-    of what ``json.loads`` does and reads it alike (the last of duplicate names wins in both), so
-    a header it validates is the one ``EnvelopeHeader.from_jose(json.loads(text))`` would be
-    (tests/unit/test_fuzz_envelope.py checks this against that reading)."""
-    try:
-        return EnvelopeHeader.model_validate_json(text)
-    except ValidationError:
-        return None
-
-
 def _supported_algorithms(fields: dict[str, Any]) -> bool:
     return fields.get("alg") == ALG and fields.get("enc") == ENC and "zip" not in fields
 
@@ -437,8 +319,3 @@ def _decrypt(parts: tuple[bytes, bytes, bytes, bytes], key: ProducerKey) -> byte
         )
     except InvalidTag:
         raise AuthenticationFailed(_NOT_AUTHENTIC) from None
-
-
-def _rfc3339(moment: datetime) -> str:
-    # Milliseconds, truncated, so that the sealed header equals the opened one.
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
