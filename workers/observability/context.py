@@ -10,28 +10,61 @@ from __future__ import annotations
 
 import time
 from contextvars import ContextVar
-from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import dramatiq
 
-from queues.envelope import peek_header
+from queues.envelope import ParsedEnvelope, peek_header
 from queues.errors import FleetError
+from queues.header import EnvelopeHeader
 from workers.broker import Delivery
 
 MAX_PROPERTY_CHARS = 128
 
 
-@dataclass(frozen=True)
 class MessageContext:
-    """Steering fields of the message in hand (from the unauthenticated header)."""
+    """Steering fields of the message in hand (from the unauthenticated header).
 
-    queue: str
-    message_id: str | None
-    message_type: str | None
-    kid: str | None
-    producer: str | None
-    started: float
+    Read lazily: most messages are never logged about, and the lifecycle parses the envelope
+    anyway (``Delivery.envelope``), so the header is taken from there when first asked for —
+    parsed here only if nobody has yet.
+    """
+
+    def __init__(self, delivery: Delivery, started: float) -> None:
+        self.queue = delivery.queue
+        self.started = started
+        self._delivery = delivery
+
+    @cached_property
+    def _header(self) -> EnvelopeHeader | None:
+        parsed = self._delivery.envelope
+        if isinstance(parsed, ParsedEnvelope):
+            return parsed.header
+        try:
+            return peek_header(self._delivery.body)
+        except FleetError:
+            return None
+
+    @property
+    def message_id(self) -> str | None:
+        header = self._header
+        return str(header.message_id) if header else _cut(self._delivery.message_id)
+
+    @property
+    def message_type(self) -> str | None:
+        header = self._header
+        return header.message_type if header else _cut(self._delivery.message_type)
+
+    @property
+    def kid(self) -> str | None:
+        header = self._header
+        return header.kid if header else None
+
+    @property
+    def producer(self) -> str | None:
+        header = self._header
+        return header.producer if header else None
 
     def fields(self) -> dict[str, Any]:
         """The fields a log line carries."""
@@ -48,26 +81,7 @@ def current_message() -> MessageContext | None:
 
 def describe(delivery: Delivery) -> MessageContext:
     """The context of a delivery; a header that does not validate falls back to AMQP properties."""
-    started = time.monotonic()
-    try:
-        header = peek_header(delivery.body)
-    except FleetError:
-        return MessageContext(
-            queue=delivery.queue,
-            message_id=_cut(delivery.message_id),
-            message_type=_cut(delivery.message_type),
-            kid=None,
-            producer=None,
-            started=started,
-        )
-    return MessageContext(
-        queue=delivery.queue,
-        message_id=str(header.message_id),
-        message_type=header.message_type,
-        kid=header.kid,
-        producer=header.producer,
-        started=started,
-    )
+    return MessageContext(delivery, time.monotonic())
 
 
 def set_current(context: MessageContext | None) -> None:

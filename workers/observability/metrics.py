@@ -140,6 +140,7 @@ class FleetMetrics:
             multiprocess_mode="livemax",
         )
         self._mirrored: dict[tuple[str, str], int] = {}
+        self._mirrored_snapshots: dict[str, tuple[int, ...]] = {}
         self._lock = threading.Lock()
 
     # -- from outcome events -------------------------------------------------------------------
@@ -182,10 +183,16 @@ class FleetMetrics:
     # -- mirrored counters ---------------------------------------------------------------------
 
     def mirror_publisher(self, role: str, stats: PublisherStats) -> None:
-        """Add what a publisher counted since the last call (its stats only ever grow)."""
-        counts = {
-            name: getattr(stats, name) for name in (*PUBLISHER_COUNTERS, "reconnects", "blocked")
-        }
+        """Add what a publisher counted since the last call (its stats only ever grow).
+
+        Called after every message, so a publisher that counted nothing new costs one compare.
+        """
+        names = (*PUBLISHER_COUNTERS, "reconnects", "blocked")
+        snapshot = tuple(getattr(stats, name) for name in names)
+        if self._mirrored_snapshots.get(role) == snapshot:
+            return
+        self._mirrored_snapshots[role] = snapshot
+        counts = dict(zip(names, snapshot, strict=True))
         for name, delta in self._deltas(f"publisher.{role}", counts).items():
             if name == "reconnects":
                 self.publisher_reconnects.labels(role).inc(delta)
