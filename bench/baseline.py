@@ -217,7 +217,7 @@ def straightforward_pipeline(delivery: Delivery) -> None:
 def _app(function: Any) -> FleetBroker:
     broker = FleetBroker(
         os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"),
-        choose_actor=lambda _queue, _body: ACTOR,
+        choose_actor=lambda _delivery: ACTOR,
         prefetch=int(os.environ.get("BENCH_THREADS", "8")),
         middleware=[],
     )

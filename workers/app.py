@@ -8,6 +8,7 @@ envelopes whose header cannot be read (so that they, too, are dead-lettered with
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -18,8 +19,8 @@ import dramatiq
 
 from handlers.batch import batchable
 from queues.contracts import MESSAGE_TYPES
-from queues.envelope import peek_header
-from queues.errors import FleetError
+from queues.envelope import parse, peek_header
+from queues.errors import EnvelopeError, FleetError
 from queues.topology import DOMAINS, queues_of, suspect_queue
 from workers.broker import Delivery, FleetBroker
 from workers.middleware import FleetLifecycleMiddleware
@@ -39,6 +40,7 @@ def lanes_of(domain: str) -> tuple[str, str]:
     return (domain, suspect_queue(domain))
 
 
+@functools.cache
 def types_of(domain: str) -> tuple[str, ...]:
     return tuple(t for t in MESSAGE_TYPES if domain in queues_of(t))
 
@@ -47,12 +49,24 @@ def actor_name(lane: str, message_type: str) -> str:
     return f"{lane.replace('.', '_')}__{message_type.replace('.', '_')}"
 
 
-def choose_actor(queue: str, body: bytes) -> str:
-    """The actor for a delivery: by the (unauthenticated) header's type, else ``unreadable``."""
+def choose_actor(delivery: Delivery) -> str:
+    """The actor for a delivery: by the (unauthenticated) header's type, else ``unreadable``.
+
+    The envelope is parsed here, once per delivery: the lifecycle takes the result from
+    ``delivery.envelope``. A refused envelope is named by the lenient reading of its header.
+    """
+    queue, max_body_bytes = delivery.queue, get_settings().max_body_bytes
     try:
-        message_type = peek_header(body[: get_settings().max_body_bytes + 1]).message_type
-    except FleetError:
-        return actor_name(queue, UNREADABLE)
+        parsed = parse(delivery.body, max_body_bytes=max_body_bytes)
+    except EnvelopeError as exc:
+        delivery.envelope = exc
+        try:
+            message_type = peek_header(delivery.body[: max_body_bytes + 1]).message_type
+        except FleetError:
+            return actor_name(queue, UNREADABLE)
+    else:
+        delivery.envelope = parsed
+        message_type = parsed.header.message_type
     if message_type not in types_of(queue.split(".", 1)[0]):
         return actor_name(queue, UNREADABLE)
     return actor_name(queue, message_type)

@@ -25,6 +25,7 @@ worker threads hand acks to it with ``add_callback_threadsafe``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -32,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import pika
@@ -40,6 +41,10 @@ import pika.adapters.blocking_connection
 import pika.spec
 from dramatiq.errors import ConnectionClosed, ConnectionFailed, QueueNotFound
 from pika.exceptions import AMQPConnectionError, AMQPError, ChannelClosedByBroker
+
+if TYPE_CHECKING:
+    from queues.envelope import ParsedEnvelope
+    from queues.errors import EnvelopeError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,9 @@ class Delivery:
     content_type: str | None
     settlement: Settlement | None = None
     received_at: float = field(default_factory=time.time)
+    # The body parsed once (or why it is refused), by whoever reads the envelope first; the
+    # message context and the lifecycle share it instead of parsing again.
+    envelope: ParsedEnvelope | EnvelopeError | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _then: SettleLater | None = field(default=None, repr=False)
 
@@ -117,7 +125,12 @@ class FleetMessageProxy(dramatiq.MessageProxy):
         self.consumer = consumer
 
 
-ActorChooser = Callable[[str, bytes], str]
+# Which actor runs a delivery (its name); it may leave what it read on the delivery.
+ActorChooser = Callable[["Delivery"], str]
+
+# Dramatiq's message ids, unique within a process (Dramatiq's default, a uuid4, costs a
+# system call per delivery; nothing outside the process sees these ids).
+_message_ids = itertools.count(1)
 
 
 class FleetBroker(dramatiq.Broker):
@@ -303,10 +316,11 @@ class FleetConsumer(dramatiq.Consumer):
         )
         message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=self.queue_name,
-            actor_name=self.broker.choose_actor(self.queue_name, body),
+            actor_name=self.broker.choose_actor(delivery),
             args=(delivery,),
             kwargs={},
             options={},
+            message_id=str(next(_message_ids)),
         )
         self._unsettled.add(method.delivery_tag)
         self._ready.append(FleetMessageProxy(message, delivery, method.delivery_tag, self))

@@ -260,11 +260,13 @@ class Lifecycle:
         """What events say of the delivery, and its envelope parsed once (or why it is refused:
         opening it would fail with exactly that error)."""
         info: dict[str, Any] = {"queue": delivery.queue}
-        parsed: ParsedEnvelope | EnvelopeError
-        try:
-            parsed = parse(delivery.body, max_body_bytes=self.max_body_bytes)
-        except EnvelopeError as exc:
-            parsed = exc
+        parsed = delivery.envelope  # the actor's choice parsed it, if a broker delivered it
+        if parsed is None:
+            try:
+                parsed = parse(delivery.body, max_body_bytes=self.max_body_bytes)
+            except EnvelopeError as exc:
+                parsed = exc
+            delivery.envelope = parsed
         header = parsed.header if isinstance(parsed, ParsedEnvelope) else None
         if header is None:  # refused before authentication: the lenient reading, if any
             try:

@@ -180,10 +180,10 @@ def actor_name(queue: str, kind: str) -> str:
     return f"t_{queue.replace('.', '_')}__{kind}"
 
 
-def choose_by_body(queue: str, body: bytes) -> str:
-    """Our ``choose_actor``: the body's first word picks the actor of this queue."""
-    kind = body.split(b":", 1)[0].decode(errors="replace")
-    return actor_name(queue, kind if kind in KINDS else "other")
+def choose_by_body(delivery: Delivery) -> str:
+    """Our ``choose_actor``: the body's first word picks the actor of its queue."""
+    kind = delivery.body.split(b":", 1)[0].decode(errors="replace")
+    return actor_name(delivery.queue, kind if kind in KINDS else "other")
 
 
 @dataclass(frozen=True)
@@ -263,16 +263,16 @@ def running_fleet(
     prefetch: int = 2,
     threads: int = 2,
     middleware: tuple[dramatiq.Middleware, ...] = (),
-    choose: Callable[[str, bytes], str] = choose_by_body,
+    choose: Callable[[Delivery], str] = choose_by_body,
     releases: tuple[threading.Event, ...] = (),
 ) -> Iterator[Fleet]:
     """Start a Worker on ``queues``; stop it after (``releases`` set first, so stop never hangs)."""
     fleet: Fleet
 
-    def choose_actor(queue: str, body: bytes) -> str:
+    def choose_actor(delivery: Delivery) -> str:
         with fleet.lock:
-            fleet.chosen.append((queue, body))
-        return choose(queue, body)
+            fleet.chosen.append((delivery.queue, delivery.body))
+        return choose(delivery)
 
     broker = FleetBroker(url, choose_actor=choose_actor, prefetch=prefetch, middleware=[])
     worker = dramatiq.Worker(broker, queues=set(queues), worker_threads=threads, worker_timeout=100)
@@ -405,7 +405,7 @@ def test_an_explicit_ack_acks_once_and_leaves_nothing_behind(place: Place) -> No
 def test_a_delivery_for_an_unknown_actor_is_returned_never_dropped(place: Place) -> None:
     # Dramatiq fails it (ActorNotFound) and nacks: the nack must requeue, so the quorum queue's
     # delivery limit (20) is what finally dead-letters it, with reason delivery_limit.
-    with running_fleet(place.url, ack, choose=lambda queue, body: "no_such_actor") as fleet:
+    with running_fleet(place.url, ack, choose=lambda delivery: "no_such_actor") as fleet:
         publish(place.url, "billing.charge.post", b"alpha: orphan")
         wait_for(lambda: ready(place.url, "billing.dead") == 1, "the dead letter", timeout_s=20)
     assert fleet.calls == []
