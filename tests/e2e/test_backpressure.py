@@ -35,7 +35,9 @@ def test_a_burst_against_a_full_queue_and_a_memory_alarm_loses_nothing_published
         # during the alarm it would wait until it times out and its charge goes back to the queue.
         fleet.publish(opens, "order-management")
         openers = fleet.start_workers(processes=1, threads=2)
-        fleet.wait_for(lambda: fleet.processed() >= len(opens), timeout_s=60, what="accounts opened")
+        fleet.wait_for(
+            lambda: fleet.processed() >= len(opens), timeout_s=60, what="accounts opened"
+        )
         fleet.local.stop(openers)
         publisher = fleet.publisher("fleet")
         publisher.confirm_timeout_s = 5
