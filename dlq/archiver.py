@@ -14,8 +14,8 @@ Three kinds of dead letter, told apart by who wrote them:
 - **broker** — RabbitMQ dead-lettered it (delivery limit of a work queue or suspect lane); it
   carries ``x-death``. Any ``x-fleet-*`` header is trusted only when the death did not happen
   straight after a publisher's delivery (exchange ``fleet``), so an upstream cannot forge a death
-  id or a reason. Key ``broker:<sha256 of x-death (queue, reason, count, time), message id,
-  body hash>``.
+  id or a reason (``queues.deadletter``). Key ``broker:<sha256 of x-death (queue, reason, count,
+  time), message id, body hash>``.
 - **unroutable** — published to ``fleet`` with a routing key no queue is bound for; no headers
   are trusted. Key ``unroutable:<sha256 of message id, body hash, publish timestamp>``.
 
@@ -49,9 +49,28 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from dlq.models import DeadLetter
+from queues.deadletter import (
+    H_ATTEMPTS,
+    H_DEATH_ID,
+    H_ERROR,
+    H_ERROR_CLASS,
+    H_EXCHANGE,
+    H_FIRST_FAILURE,
+    H_LANE,
+    H_LAST_FAILURE,
+    H_LAST_REASON,
+    H_QUEUE,
+    H_REASON,
+    H_ROUTING_KEY,
+    H_TRACEBACK,
+    H_WORKER_HOST,
+    H_WORKER_PID,
+    fleet_headers,
+    trusted_fleet_headers,
+)
 from queues.envelope import peek_header, peek_raw_header
 from queues.errors import FleetError
-from queues.topology import DOMAINS, FLEET_EXCHANGE, UNROUTABLE_QUEUE, dead_queue
+from queues.topology import DOMAINS, UNROUTABLE_QUEUE, dead_queue
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +79,7 @@ DEFAULT_BATCH = 100
 DEFAULT_LINGER_S = 0.2
 FAULT_AFTER_COMMIT = "archive_after_commit_before_ack"
 # Headers that say nothing about the death, or have columns of their own.
-_SKIPPED_HEADERS = frozenset({"x-death", "x-delivery-count", "x-fleet-traceback"})
+_SKIPPED_HEADERS = frozenset({"x-death", "x-delivery-count", H_TRACEBACK})
 
 FaultHook = Callable[[str], None]
 
@@ -181,14 +200,14 @@ def describe(received: Received) -> dict[str, Any]:
         broker, fleet = _broker_death(received, deaths, row["message_id"], body_sha256)
         row.update(broker)
     else:
-        fleet = {k: v for k, v in headers.items() if str(k).startswith("x-fleet-")}
+        fleet = fleet_headers(headers)
         row.update(_fleet_death(received, fleet, row["message_id"], body_sha256))
     if fleet:
         row.update(
-            error_class=row.get("error_class") or _text(fleet.get("x-fleet-error-class")),
-            last_reason=_text(fleet.get("x-fleet-last-reason")),
-            attempts=row.get("attempts") or _int(fleet.get("x-fleet-attempts")),
-            traceback=_text(fleet.get("x-fleet-traceback")),
+            error_class=row.get("error_class") or _text(fleet.get(H_ERROR_CLASS)),
+            last_reason=_text(fleet.get(H_LAST_REASON)),
+            attempts=row.get("attempts") or _int(fleet.get(H_ATTEMPTS)),
+            traceback=_text(fleet.get(H_TRACEBACK)),
         )
     row["headers"] = json_safe({k: v for k, v in headers.items() if str(k) not in _SKIPPED_HEADERS})
     for key in ("message_id", "message_type"):
@@ -249,13 +268,8 @@ def _broker_death(
     identity = [
         {k: d.get(k) for k in ("queue", "reason", "count", "time", "exchange")} for d in entries
     ]
-    # A publisher's own headers are not the fleet's: trust x-fleet-* only after a fleet hop.
-    trusted = exchange != FLEET_EXCHANGE
-    fleet = (
-        {k: v for k, v in received.headers.items() if str(k).startswith("x-fleet-")}
-        if trusted
-        else {}
-    )
+    # Dead straight after a publisher's delivery: its x-fleet-* are the publisher's, not ours.
+    fleet = trusted_fleet_headers(received.headers, exchange)
     reason = _text(latest.get("reason")) or "unknown"
     return (
         {
@@ -267,7 +281,7 @@ def _broker_death(
             "reason": reason,
             "error": f"RabbitMQ dead-lettered it from {lane} ({reason})",
             "attempts": _int(latest.get("count")) if reason != "delivery_limit" else None,
-            "first_failure_at": _time(fleet.get("x-fleet-first-failure"))
+            "first_failure_at": _time(fleet.get(H_FIRST_FAILURE))
             or (min(times) if times else None),
             "last_failure_at": max(times) if times else None,
             "x_death": json_safe(entries),
@@ -279,30 +293,28 @@ def _broker_death(
 def _fleet_death(
     received: Received, fleet: Mapping[str, Any], message_id: str | None, body_sha256: str
 ) -> dict[str, Any]:
-    death_id = _text(fleet.get("x-fleet-death-id"))
+    death_id = _text(fleet.get(H_DEATH_ID))
     key = (
         f"fleet:{death_id}"
         if death_id
         else "fleet-headers:"
-        + _digest(
-            {k: v for k, v in fleet.items() if k != "x-fleet-traceback"}, message_id, body_sha256
-        )
+        + _digest({k: v for k, v in fleet.items() if k != H_TRACEBACK}, message_id, body_sha256)
     )
     return {
         "death_key": key,
         "death_id": death_id,
-        "queue": _text(fleet.get("x-fleet-queue")) or domain_of(received.source),
-        "lane": _text(fleet.get("x-fleet-lane")),
-        "exchange": _text(fleet.get("x-fleet-exchange")),
-        "routing_key": _text(fleet.get("x-fleet-routing-key")),
-        "reason": _text(fleet.get("x-fleet-reason")) or "unknown",
-        "error_class": _text(fleet.get("x-fleet-error-class")),
-        "error": _text(fleet.get("x-fleet-error")),
-        "attempts": _int(fleet.get("x-fleet-attempts")),
-        "first_failure_at": _time(fleet.get("x-fleet-first-failure")),
-        "last_failure_at": _time(fleet.get("x-fleet-last-failure")),
-        "worker_host": _text(fleet.get("x-fleet-worker-host")),
-        "worker_pid": _int(fleet.get("x-fleet-worker-pid")),
+        "queue": _text(fleet.get(H_QUEUE)) or domain_of(received.source),
+        "lane": _text(fleet.get(H_LANE)),
+        "exchange": _text(fleet.get(H_EXCHANGE)),
+        "routing_key": _text(fleet.get(H_ROUTING_KEY)),
+        "reason": _text(fleet.get(H_REASON)) or "unknown",
+        "error_class": _text(fleet.get(H_ERROR_CLASS)),
+        "error": _text(fleet.get(H_ERROR)),
+        "attempts": _int(fleet.get(H_ATTEMPTS)),
+        "first_failure_at": _time(fleet.get(H_FIRST_FAILURE)),
+        "last_failure_at": _time(fleet.get(H_LAST_FAILURE)),
+        "worker_host": _text(fleet.get(H_WORKER_HOST)),
+        "worker_pid": _int(fleet.get(H_WORKER_PID)),
     }
 
 
