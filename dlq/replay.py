@@ -35,6 +35,7 @@ from dlq import audit
 from dlq.crypto import seal_for_replay
 from dlq.models import DeadLetter
 from handlers.registry import handler_for, handler_name
+from queues.deadletter import H_REPLAY_OF, H_REPLAYED_BY
 from queues.errors import FleetError
 from queues.keys import KeyRegistry
 from queues.publisher import Outgoing, PublishResult
@@ -243,8 +244,8 @@ def _replay_batch(
                         correlation_id=row.correlation_id,
                         # Provenance only: no x-fleet-attempt, so the budget starts afresh.
                         headers={
-                            "x-fleet-replay-of": int(row.id),
-                            "x-fleet-replayed-by": report.operator,
+                            H_REPLAY_OF: int(row.id),
+                            H_REPLAYED_BY: report.operator,
                         },
                     ),
                 )

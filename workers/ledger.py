@@ -19,6 +19,7 @@ import pika
 from sqlalchemy import Engine, text
 
 from handlers.registry import handler_for, handler_name
+from queues.deadletter import H_DEATH_ID, H_QUEUE, H_REASON
 from queues.errors import ENVELOPE_ERRORS, LIFECYCLE_REASONS
 from queues.topology import DOMAINS, dead_queue, queues_of
 
@@ -101,16 +102,16 @@ def drain_dead_letters(url: str, domains: Iterable[str] = DOMAINS) -> list[DeadL
                 if method is None:
                     break
                 headers: Mapping[str, Any] = properties.headers or {}
-                reason = headers.get("x-fleet-reason")
+                reason = headers.get(H_REASON)
                 if reason is None:
                     deaths = headers.get("x-death") or [{}]
                     reason = deaths[0].get("reason", "unknown")
                 letters.append(
                     DeadLetter(
                         message_id=str(properties.message_id or ""),
-                        queue=str(headers.get("x-fleet-queue") or domain),
+                        queue=str(headers.get(H_QUEUE) or domain),
                         reason=str(reason),
-                        death_id=headers.get("x-fleet-death-id"),
+                        death_id=headers.get(H_DEATH_ID),
                     )
                 )
     finally:

@@ -34,6 +34,27 @@ from typing import Any, Protocol
 
 from handlers.context import Outcome
 from handlers.errors import DatabaseUnavailable, NetworkUnavailable
+from queues.deadletter import (
+    H_ATTEMPT,
+    H_ATTEMPTS,
+    H_DEATH_ID,
+    H_ERROR,
+    H_ERROR_CLASS,
+    H_EXCHANGE,
+    H_FIRST_FAILURE,
+    H_LANE,
+    H_LAST_ERROR_CLASS,
+    H_LAST_FAILURE,
+    H_LAST_REASON,
+    H_QUEUE,
+    H_REASON,
+    H_ROUTING_KEY,
+    H_SUSPECT_DELIVERIES,
+    H_TRACEBACK,
+    H_WORKER_HOST,
+    H_WORKER_PID,
+    trusted_fleet_headers,
+)
 from queues.envelope import (
     EnvelopeHeader,
     OpenedMessage,
@@ -68,10 +89,6 @@ OUTAGES: dict[type[BaseException], str] = {
     DatabaseUnavailable: "database",
     NetworkUnavailable: "network",
 }
-
-H_ATTEMPT = "x-fleet-attempt"
-H_FIRST_FAILURE = "x-fleet-first-failure"
-H_LAST_REASON = "x-fleet-last-reason"
 
 
 class Publishes(Protocol):
@@ -337,7 +354,7 @@ class Lifecycle:
         domain = domain_of(delivery.queue)
         headers = {
             **_fleet_headers(delivery),
-            "x-fleet-suspect-deliveries": delivery.delivery_count,
+            H_SUSPECT_DELIVERIES: delivery.delivery_count,
         }
         out = self._outgoing(delivery, info, RETRY_EXCHANGE, f"{domain}.suspect", headers)
         if self._publish(delivery, info, out):
@@ -359,7 +376,7 @@ class Lifecycle:
             H_ATTEMPT: attempt + 1 if burn else attempt,
             H_FIRST_FAILURE: _fleet_headers(delivery).get(H_FIRST_FAILURE) or _now_iso(),
             H_LAST_REASON: reason,
-            "x-fleet-last-error-class": type(exc).__name__,
+            H_LAST_ERROR_CLASS: type(exc).__name__,
         }
         domain = domain_of(delivery.queue)
         out = self._outgoing(delivery, info, RETRY_EXCHANGE, f"{domain}.{tier}", headers)
@@ -383,20 +400,20 @@ class Lifecycle:
         trace = f"Traceback (most recent call last):\n{frames}{type(exc).__name__}: {message}"
         headers = {
             **_fleet_headers(delivery),
-            "x-fleet-reason": reason,
-            "x-fleet-error-class": type(exc).__name__,
-            "x-fleet-error": message[:MAX_ERROR_CHARS],
-            "x-fleet-attempts": attempt,
+            H_REASON: reason,
+            H_ERROR_CLASS: type(exc).__name__,
+            H_ERROR: message[:MAX_ERROR_CHARS],
+            H_ATTEMPTS: attempt,
             H_FIRST_FAILURE: _fleet_headers(delivery).get(H_FIRST_FAILURE) or _now_iso(),
-            "x-fleet-last-failure": _now_iso(),
-            "x-fleet-worker-host": self.host,
-            "x-fleet-worker-pid": os.getpid(),
-            "x-fleet-death-id": str(uuid.uuid4()),
-            "x-fleet-queue": domain_of(delivery.queue),
-            "x-fleet-lane": delivery.queue,
-            "x-fleet-exchange": delivery.exchange,
-            "x-fleet-routing-key": delivery.routing_key,
-            "x-fleet-traceback": trace[-MAX_TRACEBACK_CHARS:],
+            H_LAST_FAILURE: _now_iso(),
+            H_WORKER_HOST: self.host,
+            H_WORKER_PID: os.getpid(),
+            H_DEATH_ID: str(uuid.uuid4()),
+            H_QUEUE: domain_of(delivery.queue),
+            H_LANE: delivery.queue,
+            H_EXCHANGE: delivery.exchange,
+            H_ROUTING_KEY: delivery.routing_key,
+            H_TRACEBACK: trace[-MAX_TRACEBACK_CHARS:],
         }
         if reason in ("retries_exhausted", "not_yet_expired"):
             headers[H_LAST_REASON] = getattr(exc, "reason", "unexpected_error")
@@ -418,9 +435,7 @@ def _check_advisory_properties(delivery: Delivery, header: EnvelopeHeader) -> No
 
 def _fleet_headers(delivery: Delivery) -> dict[str, Any]:
     """The fleet's own bookkeeping headers, ignored on a publisher's first delivery."""
-    if delivery.exchange == FLEET_EXCHANGE:
-        return {}
-    return {k: v for k, v in delivery.headers.items() if k.startswith("x-fleet-")}
+    return trusted_fleet_headers(delivery.headers, delivery.exchange)
 
 
 def _int_header(headers: dict[str, Any], name: str, default: int) -> int:

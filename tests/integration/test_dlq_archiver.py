@@ -16,7 +16,8 @@ import pika
 import pytest
 from sqlalchemy import text
 
-from dlq.archiver import FAULT_AFTER_COMMIT, Archiver, Received, describe, store
+from dlq.archiver import FAULT_AFTER_COMMIT, Archiver, store
+from dlq.deaths import Received, describe
 from handlers.errors import CurrencyMismatch, NetworkUnavailable
 from queues.errors import NotYet
 from queues.publisher import Outgoing
@@ -312,7 +313,7 @@ def _no_archiver_left_behind() -> Iterator[None]:
 def _archiver_process(stack: DlqStack, log: Path, **env: str) -> subprocess.Popen[bytes]:
     with log.open("ab") as output:  # the child keeps its own descriptor
         process = subprocess.Popen(
-            [sys.executable, "-c", "from dlq.archiver import run_archiver; run_archiver()"],
+            [sys.executable, "-c", "from workers.processes import run_archiver; run_archiver()"],
             cwd=REPO,
             env={**os.environ, **stack.env, "FLEET_ARCHIVER_BATCH_SIZE": "40", **env},
             stdout=output,

@@ -14,7 +14,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
 from dlq import audit, housekeeping, pg_roles
-from dlq.archiver import Received, describe, store
+from dlq.archiver import store
+from dlq.deaths import Received, describe
 from dlq.replay import replay
 from handlers.store.db import make_engine
 from tests.support.db import DATABASE_URL

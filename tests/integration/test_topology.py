@@ -17,7 +17,6 @@ import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import NackError
 
-from queues import topology
 from queues.contracts import MESSAGE_TYPES
 from queues.roles import apply_roles
 from queues.topology import (
@@ -27,6 +26,7 @@ from queues.topology import (
     RabbitmqctlAdmin,
     TopologyConfig,
     TopologyError,
+    admin,
     apply,
     check,
     desired_topology,
@@ -434,7 +434,7 @@ def test_a_guessed_management_api_of_another_broker_is_not_used(
     # The default management port answers for a node that does not serve the URL's AMQP port
     # (two brokers on one host): auto must not write that node's policies.
     with private_node(management=True) as node, scratch_vhost("guess") as vhost:
-        monkeypatch.setattr(topology, "MANAGEMENT_PORT", node.management_port)
+        monkeypatch.setattr(admin, "MANAGEMENT_PORT", node.management_port)
         assert apply(amqp_url(vhost), CONFIG).via == "rabbitmqctl"
         other_vhosts = node.ctl("list_vhosts", "--no-table-headers").split()
         assert other_vhosts == ["/"], "nothing written on the other node"

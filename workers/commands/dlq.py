@@ -226,8 +226,9 @@ def archive(
 
     Safe as several replicas. Also runs inside `fleet worker --archiver`.
     """
-    from dlq.archiver import Archiver, run_archiver
+    from dlq.archiver import Archiver
     from workers.observability.logging import configure_logging
+    from workers.processes import run_archiver
 
     settings = _settings()
     if not drain:  # a process of its own: JSON log lines like every fleet process

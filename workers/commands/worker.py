@@ -13,7 +13,7 @@ from workers.commands.output import fail
 
 SUSPECT_LANE = "workers.app:run_suspect_lane"
 OUTBOX_RELAY = "workers.relay:run_outbox_relay"
-ARCHIVER = "dlq.archiver:run_archiver"
+ARCHIVER = "workers.processes:run_archiver"
 METRICS_SERVER = "workers.observability.metrics:serve_metrics"
 LOG_FORMATS = ("json", "text")
 # What every process Dramatiq forks imports, minus ``workers.app`` itself (which builds the broker
@@ -21,13 +21,13 @@ LOG_FORMATS = ("json", "text")
 # copy-on-write instead of imported again in each process (about a second of CPU apiece).
 # None of them connects, starts a thread or writes a file when imported.
 PRELOADED = (
-    "dlq.archiver",
     "workers.broker",
     "workers.middleware",
     "workers.observability.context",
     "workers.observability.health",
     "workers.observability.metrics",
     "workers.observability.sentry",
+    "workers.processes",
     "workers.relay",
     "workers.runtime",
 )
