@@ -41,6 +41,7 @@ from queues.deadletter import (
     H_QUEUE,
     H_REASON,
     H_ROUTING_KEY,
+    H_SUSPECT_DELIVERIES,
     H_TRACEBACK,
     H_WORKER_HOST,
     H_WORKER_PID,
@@ -235,15 +236,17 @@ def _broker_death(
     keys = latest.get("routing-keys")
     routing_key = _text(keys[0]) if isinstance(keys, list) and keys else None
     times = [t for t in (_time(d.get("time")) for d in entries) if t is not None]
-    identity = [
-        {k: d.get(k) for k in ("queue", "reason", "count", "time", "exchange")} for d in entries
-    ]
     # Dead straight after a publisher's delivery: its x-fleet-* are the publisher's, not ours.
     fleet = trusted_fleet_headers(received.headers, exchange)
     reason = _text(latest.get("reason")) or "unknown"
+    # One copy of a message dies here once, however often it came back: the key leaves out when
+    # and after how many deliveries (x-death's time and count, the suspect lane's delivery
+    # count) — a worker that crashed after its suspect-lane copy was confirmed, before the ack,
+    # made two copies of one suspect. A retry's or a replay's copy differs in its x-fleet-*.
+    stable = {k: v for k, v in fleet.items() if k != H_SUSPECT_DELIVERIES}
     return (
         {
-            "death_key": "broker:" + _digest(identity, message_id, body_sha256),
+            "death_key": "broker:" + _digest(lane, reason, stable, message_id, body_sha256),
             "queue": domain_of(received.source),
             "lane": lane,
             "exchange": exchange,

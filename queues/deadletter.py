@@ -8,10 +8,18 @@ Trust: a delivery that came straight from a publisher (exchange ``fleet``) carri
 upstream wrote, so its ``x-fleet-*`` headers are ignored — an upstream cannot shorten its own
 retry budget, fake a history or forge a death id. Only after a fleet hop (a retry tier, the
 suspect lane, ``fleet.dead``) are they the fleet's own.
+
+Death ids (``death_id``): one copy of a message dies under one id, however often it is
+delivered — a worker that crashes after the dead copy is confirmed and before the ack gets the
+copy back, and it dies again (in the suspect lane, perhaps for another reason) under the same
+id, which the archive keeps once. A later life of the message dies under another id: a retry's
+copy (its attempt) or an operator's replay (its ``x-fleet-replay-of``; a re-sealed body too).
 """
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,3 +66,17 @@ def trusted_fleet_headers(headers: Mapping[Any, Any], exchange: str | None) -> d
     if exchange == FLEET_EXCHANGE:
         return {}
     return fleet_headers(headers)
+
+
+# The namespace of death ids (uuid5): fixed, so that every worker derives the same id.
+DEATH_ID_NAMESPACE = uuid.UUID("3f0b1c52-7a44-5d7e-9a61-2c1f0e8d4b90")
+
+
+def death_id(body: bytes, trusted: Mapping[str, Any]) -> str:
+    """The death id of the copy with ``body`` and ``trusted`` headers (``trusted_fleet_headers``):
+    the same for every delivery of that copy and of its suspect-lane copy (see the module
+    docstring)."""
+    attempt = trusted.get(H_ATTEMPT)
+    replay_of = trusted.get(H_REPLAY_OF)
+    name = f"{hashlib.sha256(body).hexdigest()}:{attempt!r}:{replay_of!r}"
+    return str(uuid.uuid5(DEATH_ID_NAMESPACE, name))

@@ -26,7 +26,6 @@ import os
 import socket
 import time
 import traceback
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,6 +52,7 @@ from queues.deadletter import (
     H_TRACEBACK,
     H_WORKER_HOST,
     H_WORKER_PID,
+    death_id,
     trusted_fleet_headers,
 )
 from queues.envelope import (
@@ -323,10 +323,12 @@ class Lifecycle:
         started = _parse_time(first) or _parse_time(info.get("created_at"))
         return started is not None and time.time() - started > self.policy.not_yet_horizon_s
 
-    def _publish(self, delivery: Delivery, info: dict[str, Any], out: Outgoing) -> bool:
+    def _publish(self, delivery: Delivery, info: dict[str, Any], out: Outgoing, step: str) -> bool:
+        """Publish the copy ``out``; ack the delivery once it is confirmed, else requeue it.
+        ``step`` names the copy (``retry``, ``suspect``, ``dead``) for the fault points."""
         result = self.publisher.publish_raw([out])[0]
         if result.ok:
-            self.fault_hook(f"after_{out.exchange.split('.')[-1]}_publish_before_ack", None)
+            self.fault_hook(f"after_{step}_publish_before_ack", None)
             delivery.settle(Settlement.ACK)
             return True
         delivery.settle(Settlement.REQUEUE)
@@ -357,7 +359,7 @@ class Lifecycle:
             H_SUSPECT_DELIVERIES: delivery.delivery_count,
         }
         out = self._outgoing(delivery, info, RETRY_EXCHANGE, f"{domain}.suspect", headers)
-        if self._publish(delivery, info, out):
+        if self._publish(delivery, info, out, "suspect"):
             self.events.emit("suspect", **info, deliveries=delivery.delivery_count)
 
     def _retry(
@@ -380,7 +382,7 @@ class Lifecycle:
         }
         domain = domain_of(delivery.queue)
         out = self._outgoing(delivery, info, RETRY_EXCHANGE, f"{domain}.{tier}", headers)
-        if self._publish(delivery, info, out):
+        if self._publish(delivery, info, out, "retry"):
             self.events.emit(
                 "retried", **info, attempt=attempt, tier=tier, reason=reason, burned=burn
             )
@@ -408,7 +410,7 @@ class Lifecycle:
             H_LAST_FAILURE: _now_iso(),
             H_WORKER_HOST: self.host,
             H_WORKER_PID: os.getpid(),
-            H_DEATH_ID: str(uuid.uuid4()),
+            H_DEATH_ID: death_id(delivery.body, _fleet_headers(delivery)),
             H_QUEUE: domain_of(delivery.queue),
             H_LANE: delivery.queue,
             H_EXCHANGE: delivery.exchange,
@@ -419,7 +421,7 @@ class Lifecycle:
             headers[H_LAST_REASON] = getattr(exc, "reason", "unexpected_error")
         domain = domain_of(delivery.queue)
         out = self._outgoing(delivery, info, DEAD_EXCHANGE, domain, headers)
-        if self._publish(delivery, info, out):
+        if self._publish(delivery, info, out, "dead"):
             self.events.emit(
                 "dead", **info, attempt=attempt, reason=reason, error_class=type(exc).__name__
             )

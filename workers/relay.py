@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH = 200
 IDLE_SLEEP_S = 0.2
 FAULT_AFTER_CLAIM = "relay_after_claim_before_publish"
+FAULT_AFTER_PUBLISH = "relay_after_publish_before_commit"
 
 
 def relay_once(
@@ -87,6 +88,8 @@ def relay_once(
         if fault_hook is not None:
             fault_hook(FAULT_AFTER_CLAIM, None)
         results = publisher.publish_batch([s for _, s in sealed])
+        if fault_hook is not None:
+            fault_hook(FAULT_AFTER_PUBLISH, None)
         now = datetime.now(UTC)
         confirmed = 0
         for (row, _), result in zip(sealed, results, strict=True):

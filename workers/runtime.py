@@ -38,7 +38,10 @@ FAULT_POINTS = frozenset(
         "mid_batch",
         "after_commit_before_ack",
         "after_retry_publish_before_ack",
+        "after_suspect_publish_before_ack",
+        "after_dead_publish_before_ack",
         "relay_after_claim_before_publish",
+        "relay_after_publish_before_commit",
     }
 )
 KILLED_EXIT_CODE = 137

@@ -184,7 +184,9 @@ class Settings(BaseSettings):
         default=None,
         description="TESTS ONLY: crash point before_commit | mid_batch (before a batch of 2 "
         "or more commits) | after_commit_before_ack | "
-        "after_retry_publish_before_ack | relay_after_claim_before_publish (the outbox relay) | "
+        "after_retry_publish_before_ack | after_suspect_publish_before_ack | "
+        "after_dead_publish_before_ack | relay_after_claim_before_publish | "
+        "relay_after_publish_before_commit (the outbox relay) | "
         "archive_after_commit_before_ack (the archiver)",
     )
     fault_marker: Path | None = Field(

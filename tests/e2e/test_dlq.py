@@ -248,3 +248,84 @@ def test_a_message_that_kills_its_worker_dies_in_the_suspect_lane_and_is_archive
         ]
         assert dead_queues_empty(fleet)
         ledger_ok(fleet, poison=(poison_id,))
+
+
+def test_a_worker_killed_after_its_dead_copy_is_confirmed_leaves_one_archive_row(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "crashed"
+    env = {"FLEET_FAULT_AT": "after_dead_publish_before_ack", "FLEET_FAULT_MARKER": str(marker)}
+    with fleet_under_test(tmp_path, env=env) as fleet:
+        supervisor = Supervisor(fleet, processes=1, threads=2, archiver=True)
+        account = uuid.uuid4()
+        fleet.publish([sample("billing.account.open", account_id=account)], "order-management")
+        fleet.wait_settled(supervise=supervisor)
+        # Given a charge that dies (another currency), and a worker killed once just after its
+        # dead copy is confirmed, before the ack
+        [doomed] = fleet.publish(
+            [sample("billing.charge.post", account_id=account, amount=Money.of(500, "JPY"))]
+        )
+        doomed_id = str(doomed.message_id)
+        fleet.wait_for(
+            lambda: (supervisor() or True) and marker.exists(), what="the crash after the dead copy"
+        )
+        # When the charge comes back and dies again
+        fleet.wait_for(
+            lambda: (
+                (supervisor() or True)
+                and any(e["event"] == "dead" for e in fleet.events_for(doomed_id))
+                and dead_queues_empty(fleet)
+            ),
+            timeout_s=120,
+            what="the second death, and both dead copies taken by the archiver",
+        )
+        # Then the archive holds one row: both copies carried the same death id
+        assert "suspect" in [e["event"] for e in fleet.events_for(doomed_id)]
+        assert archived(fleet) == {doomed_id: [("billing", "currency_mismatch")]}
+        ledger_ok(fleet)
+
+
+def test_a_worker_killed_after_its_suspect_lane_copy_is_confirmed_leaves_one_archive_row(
+    tmp_path: Path,
+) -> None:
+    poison_id = str(uuid.uuid4())
+    marker = tmp_path / "crashed"
+    env = {
+        "FLEET_FAULT_CRASH_MESSAGE_IDS": json.dumps([poison_id]),
+        "FLEET_FAULT_AT": "after_suspect_publish_before_ack",
+        "FLEET_FAULT_MARKER": str(marker),
+    }
+    with fleet_under_test(tmp_path, env=env) as fleet:
+        supervisor = Supervisor(fleet, processes=1, threads=2, archiver=True)
+        fleet.publish([sample("crm.interaction.log")], "self-care")
+        fleet.wait_settled(supervise=supervisor)
+        # Given a message that kills its worker, whose worker is also killed once just after
+        # the message's suspect-lane copy is confirmed, before the ack: two suspect copies
+        poison = fleet.seal(
+            sample("crm.interaction.log"), "self-care", message_id=uuid.UUID(poison_id)
+        )
+        fleet.publish([poison], "self-care")
+        fleet.wait_for(
+            lambda: (supervisor() or True) and marker.exists(),
+            timeout_s=90,
+            what="the crash after the suspect-lane copy",
+        )
+        # When both copies kill the suspect lane until its delivery limit dead-letters them
+        fleet.wait_for(
+            lambda: (
+                (supervisor() or True)
+                and poison_id in archived(fleet)
+                and fleet.depth("crm.suspect") == 0
+                and dead_queues_empty(fleet)
+                and fleet.unacked("crm.suspect") == fleet.unacked("crm.dead") == 0
+            ),
+            timeout_s=150,
+            what="the poison's suspect copies dead and taken by the archiver",
+        )
+        # The first suspect-lane copy was confirmed (the crash point follows the confirm) and
+        # the second one is recorded: two copies of the poison went to the suspect lane
+        suspects = [e for e in fleet.events_for(poison_id) if e["event"] == "suspect"]
+        assert marker.exists() and len(suspects) == 1, suspects
+        # Then the archive holds one row: the broker's deaths of one copy share a death key
+        assert archived(fleet) == {poison_id: [("crm", "delivery_limit")]}
+        ledger_ok(fleet, poison=(poison_id,))

@@ -216,6 +216,45 @@ def test_follow_ups_committed_before_a_crash_are_relayed_after_restart(tmp_path:
         assert fleet.query("SELECT count(*) FROM billing_charges") == [(20,)]
 
 
+def test_follow_ups_published_just_before_the_relay_died_are_sent_again_and_absorbed(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "crashed"
+    env = {"FLEET_FAULT_AT": "relay_after_publish_before_commit", "FLEET_FAULT_MARKER": str(marker)}
+    with fleet_under_test(tmp_path, env=env) as fleet:
+        fleet.start_workers(processes=1, threads=4, outbox_relay=False)
+        _activations(fleet, 20)
+        fleet.wait_for(
+            lambda: fleet.query("SELECT count(*) FROM outbox")[0][0] == 40, what="40 outbox rows"
+        )
+        follow_ups = _follow_ups(fleet)
+        # Given a relay that dies once: its publish of all 40 confirmed, its commit not made
+        first = fleet.local.spawn("relay-1", ["outbox", "relay", "--metrics-port", "0"])
+        assert first.wait(60) != 0 and marker.exists(), "the relay did not crash after publishing"
+        # Then no row is marked sent, though the broker confirmed what the relay published
+        assert _unsent(fleet) == 40
+
+        # When a relay runs again (the marker keeps it from crashing)
+        fleet.local.spawn("relay-2", ["outbox", "relay", "--metrics-port", "0"])
+        fleet.wait_for(lambda: _unsent(fleet) == 0, what="the second relay sending them again")
+
+        # Then every follow-up came twice, and the inbox absorbed the second copy: each
+        # follow-up's effect once
+        def outcomes(kind: str) -> list[str]:
+            return sorted(
+                e["message_id"]
+                for e in fleet.events()
+                if e["event"] == kind and e["message_id"] in follow_ups
+            )
+
+        fleet.wait_for(lambda: len(outcomes("duplicate")) == 40, what="the second copies absorbed")
+        fleet.wait_settled()
+        assert outcomes("ok") == outcomes("duplicate") == sorted(follow_ups)
+        report = fleet.ledger()
+        assert report.ok, report.summary()
+        assert fleet.query("SELECT count(*) FROM billing_charges") == [(20,)]
+
+
 def test_two_relays_at_once_publish_each_follow_up_once(tmp_path: Path) -> None:
     with (
         tcp_proxy(("127.0.0.1", AMQP_PORT)) as broker_link,

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from queues import deadletter
-from queues.deadletter import H_ATTEMPT, H_DEATH_ID, fleet_headers, trusted_fleet_headers
+from queues.deadletter import (
+    H_ATTEMPT,
+    H_DEATH_ID,
+    H_REPLAY_OF,
+    H_SUSPECT_DELIVERIES,
+    death_id,
+    fleet_headers,
+    trusted_fleet_headers,
+)
 
 HEADER_NAMES = [value for name, value in vars(deadletter).items() if name.startswith("H_")]
 
@@ -27,3 +35,21 @@ def test_headers_after_a_fleet_hop_are_trusted() -> None:
     ours = {H_ATTEMPT: 2, "x-death": []}
     for exchange in ("fleet.retry", "fleet.dead", "", None):
         assert trusted_fleet_headers(ours, exchange) == {H_ATTEMPT: 2}
+
+
+def test_one_copy_dies_under_one_id_however_often_it_is_delivered() -> None:
+    copy = {H_ATTEMPT: 2}
+    first = death_id(b"envelope", copy)
+    assert first == death_id(b"envelope", dict(copy))
+    # its suspect-lane copy: the same headers, plus the deliveries that made it a suspect
+    assert first == death_id(b"envelope", {**copy, H_SUSPECT_DELIVERIES: 3})
+
+
+def test_a_later_life_of_the_message_dies_under_another_id() -> None:
+    first = death_id(b"envelope", {H_ATTEMPT: 2})
+    assert death_id(b"envelope", {H_ATTEMPT: 3}) != first  # the next retry's copy
+    assert death_id(b"envelope", {H_ATTEMPT: 2, H_REPLAY_OF: 7}) != first  # an operator's replay
+    assert death_id(b"envelope", {H_ATTEMPT: 2, H_REPLAY_OF: 8}) != death_id(
+        b"envelope", {H_ATTEMPT: 2, H_REPLAY_OF: 7}
+    )
+    assert death_id(b"another envelope", {H_ATTEMPT: 2}) != first
