@@ -15,9 +15,10 @@ a handful of statements instead of a handful per message (DESIGN §4a):
 
 A message the batch cannot decide alone — its handler would raise (account not open yet, a
 conflict, a closed account…), or it needs something a set-based statement cannot express (the
-same entity twice in one batch) — is answered ``UNROLL``: the caller rolls the transaction back,
-applies the batch again without it, and runs it through the one-message path, which raises the
-precise error. Any exception from here means the same for the whole batch. So a poison message,
+same entity twice in one batch) — is answered ``UNROLL``: its group's statement wrote nothing for
+it, so its inbox claim is released in the same transaction and the rest commits, as if it had
+never been in the batch; it then runs through the one-message path, which raises the precise
+error. Any exception from here means the same for the whole batch. So a poison message,
 a ``NotYet``, a ``PermanentError``, a duplicate or a deadlock affects only its own message.
 
 The types' set-based effects are in ``handlers.setbased`` (its ``GROUP_HANDLERS``); every other
@@ -54,10 +55,10 @@ __all__ = [
     "Settled",
     "Unroll",
     "apply_batch",
-    "apply_until_settled",
     "batchable",
     "context_for",
     "group_rank",
+    "settle_batch",
 ]
 
 BeforeCommit = Callable[[int], None]
@@ -70,6 +71,12 @@ _CLAIM = text(
     "SELECT m, h, 'ok' FROM unnest(CAST(:ids AS uuid[]), CAST(:handlers AS text[])) AS t(m, h) "
     "ON CONFLICT (message_id, handler) DO NOTHING "
     "RETURNING message_id, handler"
+)
+
+_RELEASE = text(
+    "DELETE FROM inbox USING unnest(CAST(:ids AS uuid[]), CAST(:handlers AS text[])) "
+    "AS t(message_id, handler) "
+    "WHERE inbox.message_id = t.message_id AND inbox.handler = t.handler"
 )
 
 _RECORD_OUTCOMES = text(
@@ -90,6 +97,17 @@ def claim(connection: Connection, items: Sequence[Item]) -> set[tuple[uuid.UUID,
         },
     )
     return {(row.message_id, row.handler) for row in rows}
+
+
+def release(connection: Connection, items: Sequence[Item]) -> None:
+    """Drop the inbox claims this transaction made for ``items``: as if never claimed."""
+    connection.execute(
+        _RELEASE,
+        {
+            "ids": [item.ctx.message_id for item in items],
+            "handlers": [item.ctx.handler for item in items],
+        },
+    )
 
 
 def record_outcomes(connection: Connection, decided: Sequence[tuple[Item, Outcome]]) -> None:
@@ -135,9 +153,10 @@ def apply_batch(
 ) -> list[Decision]:
     """Apply ``items`` in one transaction on ``connection`` and commit; one decision per item.
 
-    If any decision is ``UNROLL``, nothing is committed: the caller applies the batch again
-    without those items (``apply_batch`` is the same for any subset) and runs them one by one.
-    Raises whatever the database raises; the transaction is then rolled back.
+    An item decided ``UNROLL`` leaves no trace: its group wrote nothing for it and its claim is
+    released, so the commit holds what the batch without it would have (``apply_batch`` is the
+    same for any subset); the caller runs it one by one. Raises whatever the database raises;
+    the transaction is then rolled back.
     """
     decisions: list[Decision | None] = [None] * len(items)
     seen: set[tuple[uuid.UUID, str]] = set()
@@ -171,11 +190,14 @@ def apply_batch(
             ):
                 decisions[index] = decision
         final = [d if d is not None else UNROLL for d in decisions]
-        if any(d is UNROLL for d in final):
+        decided = [i for i in ours if final[i] is not UNROLL]
+        if not decided:
             transaction.rollback()
             return final
-        record_outcomes(connection, [(items[i], _decided(final[i])) for i in ours])
-        before_commit(len(ours))
+        if len(decided) < len(ours):
+            release(connection, [items[i] for i in ours if final[i] is UNROLL])
+        record_outcomes(connection, [(items[i], _decided(final[i])) for i in decided])
+        before_commit(len(decided))
     return final
 
 
@@ -184,45 +206,31 @@ def _decided(decision: Decision) -> Outcome:
     return decision
 
 
-MAX_PASSES = 3
-"""How often ``apply_until_settled`` applies a batch again without what it unrolled."""
-
-
 @dataclass
 class Settled:
-    """What ``apply_until_settled`` did: an outcome per item, None for the ones to run alone."""
+    """What ``settle_batch`` did: an outcome per item, None for the ones to run alone."""
 
     outcomes: list[Outcome | None]
     committed: int
     """Items whose outcome was committed in the final, shared transaction."""
 
 
-def apply_until_settled(
+def settle_batch(
     bind: Engine | Connection,
     items: Sequence[Item],
     *,
     before_commit: BeforeCommit = lambda size: None,
 ) -> Settled:
-    """Apply ``items`` in one transaction, dropping what it unrolls and applying the rest again.
+    """Apply ``items`` in one transaction; what it unrolls is answered None.
 
     ``bind``: a connection the caller keeps between batches (no pool checkout per batch), or
     an engine to take one from. An item answered None runs on the one-message path (which
     raises its precise error); so do all items when the database raises (a deadlock, a lost
-    connection, a bug: the exception propagates), or when ``MAX_PASSES`` passes still unroll.
+    connection, a bug: the exception propagates).
     """
     if isinstance(bind, Engine):
         with bind.connect() as connection:
-            return apply_until_settled(connection, items, before_commit=before_commit)
-    outcomes: list[Outcome | None] = [None] * len(items)
-    pending = list(range(len(items)))
-    for _ in range(MAX_PASSES):
-        decisions = apply_batch(bind, [items[i] for i in pending], before_commit=before_commit)
-        unrolled = [i for i, d in zip(pending, decisions, strict=True) if d is UNROLL]
-        if not unrolled:
-            for index, decision in zip(pending, decisions, strict=True):
-                outcomes[index] = _decided(decision)
-            return Settled(outcomes, committed=len(pending))
-        pending = [i for i, d in zip(pending, decisions, strict=True) if d is not UNROLL]
-        if not pending:
-            break
-    return Settled(outcomes, committed=0)
+            return settle_batch(connection, items, before_commit=before_commit)
+    decisions = apply_batch(bind, items, before_commit=before_commit)
+    outcomes = [None if d is UNROLL else _decided(d) for d in decisions]
+    return Settled(outcomes, committed=sum(o is not None for o in outcomes))

@@ -5,15 +5,16 @@
 Worker threads open, authorize and validate their own deliveries, then hand a message of a
 batched type (``handlers.batch``) to the writer and go on with the next delivery. The writer
 takes what is waiting — up to ``max_messages``, or what arrived within ``max_wait_s`` of the
-first — and applies it with ``handlers.batch.apply_until_settled``: one inbox claim, set-based
+first — and applies it with ``handlers.batch.settle_batch``: one inbox claim, set-based
 effects, one commit. It then answers each message (``then(outcome)``), and the lifecycle
 settles its delivery: the ack follows the commit, as on the one-message path.
 
 Nothing is decided for a message that the one-message path would decide differently: a message
-the batch answers ``UNROLL`` is dropped from the batch, the rest is applied again without it, and
-it is answered None: apply it alone. Any exception — a deadlock, a lost connection, a bug — does
-the same for the whole batch. So a failure costs the batch its sharing, never a message its
-precise outcome, and exactly-once rests on the same inbox claim as before.
+the batch answers ``UNROLL`` leaves the batch without a trace (its claim released, the rest
+committed) and is answered None: apply it alone. Any exception — a deadlock, a lost connection, a
+bug — rolls the batch back and answers every message of it None. So a failure costs the batch
+its sharing, never a message its precise outcome, and exactly-once rests on the same inbox claim
+as before.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ class BatchWriter:
         try:
             if self._connection is None:
                 self._connection = self.engine.connect()
-            settled = batch.apply_until_settled(
+            settled = batch.settle_batch(
                 self._connection,
                 [waiting.item for waiting in taken],
                 before_commit=self.before_commit,

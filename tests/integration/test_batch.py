@@ -2,7 +2,7 @@
 
 ``handlers.batch`` applies many messages set-based in one transaction; ``handlers.bus`` (one
 transaction per message) is the reference. Each example applies a random batch in one schema
-the way the worker's batch writer does (``apply_until_settled``, then the unrolled messages one
+the way the worker's batch writer does (``settle_batch``, then the unrolled messages one
 by one), and the same messages one by one in another schema, in the order the batch applied
 them; every row and every outcome (or error) must be the same.
 """
@@ -226,7 +226,7 @@ def test_a_batch_leaves_the_rows_and_outcomes_of_its_messages_one_by_one(
     world.open_accounts(batched)
     world.open_accounts(alone)
 
-    settled = batch.apply_until_settled(batched, items)
+    settled = batch.settle_batch(batched, items)
     in_batch = [i for i, outcome in enumerate(settled.outcomes) if outcome is not None]
     unrolled = [i for i, outcome in enumerate(settled.outcomes) if outcome is None]
     outcomes = {i: str(settled.outcomes[i]) for i in in_batch}
@@ -265,7 +265,7 @@ def test_a_failing_message_leaves_the_rest_of_its_batch_committed(
         world.message_ids.append(message_id)
         items.append(batch.Item(_context(payload, message_id), payload))
 
-    settled = batch.apply_until_settled(batched, items)
+    settled = batch.settle_batch(batched, items)
 
     assert settled.outcomes == [Outcome.OK, None, Outcome.OK, Outcome.OK]
     assert settled.committed == 3
@@ -291,7 +291,7 @@ def test_a_database_error_commits_nothing_and_sends_every_message_alone(
         raise RuntimeError("the process dies here")
 
     with pytest.raises(RuntimeError):
-        batch.apply_until_settled(batched, items, before_commit=crash)
+        batch.settle_batch(batched, items, before_commit=crash)
 
     rows = world.rows(batched)
     assert rows["charges"] == [] and rows["inbox"] == []
