@@ -21,8 +21,7 @@ from datetime import UTC, datetime
 from types import FrameType
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, func, select, text
 
 from handlers.store.models import Outbox
 from queues.contracts import CATALOGUE
@@ -40,6 +39,17 @@ FAULT_AFTER_CLAIM = "relay_after_claim_before_publish"
 FAULT_AFTER_PUBLISH = "relay_after_publish_before_commit"
 
 
+# Built once: the relay runs a pass every IDLE_SLEEP_S, and one per batch under load.
+_CLAIM = text(
+    "SELECT id, message_id, message_type, schema_version, payload, correlation_id FROM outbox "
+    "WHERE sent_at IS NULL ORDER BY id LIMIT :batch FOR UPDATE SKIP LOCKED"
+)
+_COUNT_ATTEMPT = text(
+    "UPDATE outbox SET attempts = attempts + 1 WHERE id = ANY(CAST(:ids AS bigint[]))"
+)
+_MARK_SENT = text("UPDATE outbox SET sent_at = :now WHERE id = ANY(CAST(:ids AS bigint[]))")
+
+
 def relay_once(
     engine: Engine,
     publisher: Publisher,
@@ -47,23 +57,13 @@ def relay_once(
     fault_hook: Callable[[str, OpenedMessage | None], None] | None = None,
 ) -> int:
     """Publish one batch of unsent follow-ups; return how many were confirmed."""
-    with Session(engine) as session, session.begin():
-        rows = (
-            session.execute(
-                select(Outbox)
-                .where(Outbox.sent_at.is_(None))
-                .order_by(Outbox.id)
-                .limit(batch)
-                .with_for_update(skip_locked=True)
-            )
-            .scalars()
-            .all()
-        )
+    with engine.begin() as connection:
+        rows = connection.execute(_CLAIM, {"batch": batch}).all()
         if not rows:
             return 0
-        sealed: list[tuple[Outbox, SealedMessage]] = []
+        connection.execute(_COUNT_ATTEMPT, {"ids": [row.id for row in rows]})
+        sealed: list[tuple[int, SealedMessage]] = []
         for row in rows:
-            row.attempts += 1
             model = CATALOGUE.get((row.message_type, row.schema_version))
             if model is None:
                 log.error(
@@ -77,7 +77,7 @@ def relay_once(
                 payload = model.model_validate(row.payload)
                 sealed.append(
                     (
-                        row,
+                        row.id,
                         publisher.seal(
                             payload, message_id=row.message_id, correlation_id=row.correlation_id
                         ),
@@ -90,17 +90,20 @@ def relay_once(
         results = publisher.publish_batch([s for _, s in sealed])
         if fault_hook is not None:
             fault_hook(FAULT_AFTER_PUBLISH, None)
-        now = datetime.now(UTC)
-        confirmed = 0
-        for (row, _), result in zip(sealed, results, strict=True):
+        sent = []
+        for (row_id, message), result in zip(sealed, results, strict=True):
             if result.ok:
-                row.sent_at = now
-                confirmed += 1
+                sent.append(row_id)
             else:
                 log.warning(
-                    "outbox %s not published: %s %s", row.message_id, result.status, result.detail
+                    "outbox %s not published: %s %s",
+                    message.message_id,
+                    result.status,
+                    result.detail,
                 )
-        return confirmed
+        if sent:
+            connection.execute(_MARK_SENT, {"now": datetime.now(UTC), "ids": sent})
+        return len(sent)
 
 
 def outbox_lag_s(engine: Engine) -> float:
