@@ -244,9 +244,25 @@ def flush(
                 else:
                     result.failed += 1
             result.kept = result.taken - result.moved
+            _settle_before_close(channel, tier_queue)
             with contextlib.suppress(AMQPError):
                 channel.close()  # returns what was not moved
     finally:
         if connection.is_open:
             connection.close()
     return results
+
+
+def _settle_before_close(
+    channel: pika.adapters.blocking_connection.BlockingChannel, queue: str
+) -> None:
+    """Make the acks just sent take effect before the channel closes.
+
+    A quorum queue's client on the broker may still hold acks when the channel closes and then
+    returns those deliveries as if never acked (rabbitmq-server #10327): they would come back
+    later as duplicates. One more request to the same queue on the same channel — a
+    ``basic.get``, whose answer follows the acks — flushes them; a message it takes goes back.
+    """
+    method, _properties, _body = channel.basic_get(queue, auto_ack=False)
+    if method is not None:
+        channel.basic_nack(method.delivery_tag, requeue=True)
