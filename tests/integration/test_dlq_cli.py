@@ -608,3 +608,14 @@ def test_the_archiver_and_operator_broker_users_are_enough(stack: DlqStack) -> N
         flushed = stack.cli("flush", "billing", "--yes", retry=True, env=as_operator)
         assert flushed.exit_code == 0, flushed.output
         assert sorted(p.message_id for p, _ in stack.take("billing")) == sorted([dead, parked])
+
+
+@pytest.mark.parametrize("command", ["ls", "groups", "audit"])
+def test_a_schema_never_migrated_ends_a_command_with_one_line_naming_the_fix(
+    stack: DlqStack, command: str
+) -> None:
+    result = stack.cli(command, env={"FLEET_DB_SCHEMA": f"never_migrated_{uuid.uuid4().hex[:8]}"})
+    assert isinstance(result.exception, SystemExit), result.exception  # not a traceback
+    assert result.exit_code == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "fleet db upgrade" in line and "UndefinedTable" in line

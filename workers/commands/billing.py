@@ -6,11 +6,10 @@ and writes ``--json`` to stdout. ``python -m workers.commands.billing …`` runs
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date, datetime, time
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from workers.commands.output import console, emit_json, fail
+from workers.commands.store import command_engine
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -35,31 +35,8 @@ AMOUNTS = frozenset({"total", "owed", "amount", "credit"})
 DEFAULT_BATCH_SIZE = 500
 
 
-@contextmanager
-def _engine() -> Iterator[Engine]:
-    from sqlalchemy.exc import OperationalError, ProgrammingError
-
-    from handlers.store.db import make_engine
-    from workers.settings import get_settings
-
-    settings = get_settings()
-    engine = make_engine(
-        settings.database_url.get_secret_value(),
-        settings.db_schema,
-        pool_size=1,
-        max_overflow=1,
-        application_name="fleet-billing",
-    )
-    try:
-        yield engine
-    except OperationalError as exc:
-        fail(f"database unavailable ({type(exc.orig).__name__})")
-    except ProgrammingError as exc:
-        fail(
-            f"database error ({type(exc.orig).__name__}): is the schema migrated? fleet db upgrade"
-        )
-    finally:
-        engine.dispose()
+def _engine() -> contextlib.AbstractContextManager[Engine]:
+    return command_engine("fleet-billing")
 
 
 def _period(cycle_day: int, period: str | None) -> tuple[date, date]:

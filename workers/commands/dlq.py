@@ -21,6 +21,7 @@ import typer
 
 from queues.errors import FleetError
 from workers.commands.output import console, emit_json, fail
+from workers.commands.store import command_engine
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -69,26 +70,8 @@ def _settings() -> Settings:
     return get_settings()
 
 
-@contextlib.contextmanager
-def _engine() -> Iterator[Engine]:
-    from sqlalchemy.exc import OperationalError
-
-    from handlers.store.db import make_engine
-
-    settings = _settings()
-    engine = make_engine(
-        settings.database_url.get_secret_value(),
-        settings.db_schema,
-        pool_size=2,
-        max_overflow=2,
-        application_name="fleet-dlq",
-    )
-    try:
-        yield engine
-    except OperationalError as exc:
-        fail(f"database unreachable or refused ({type(exc.orig).__name__}): check the URL and role")
-    finally:
-        engine.dispose()
+def _engine() -> contextlib.AbstractContextManager[Engine]:
+    return command_engine("fleet-dlq", pool_size=2)
 
 
 class _LazyPublisher:
