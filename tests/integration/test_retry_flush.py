@@ -18,7 +18,7 @@ from queues.keys import KeyRegistry
 from queues.publisher import Publisher
 from queues.topology import TopologyConfig, retry_queue
 from tests.support.polling import poll
-from tests.support.rabbit import amqp_url, rabbitmqctl, scratch_vhost
+from tests.support.rabbit import amqp_url, queue_counts, rabbitmqctl, scratch_vhost
 
 pytestmark = pytest.mark.broker
 
@@ -50,13 +50,7 @@ def park(url: str, queue: str, count: int) -> None:
 
 def messages(vhost: str) -> dict[str, int]:
     """Queue ▶ messages (ready + unacknowledged), as the broker counts them."""
-    listing = rabbitmqctl("list_queues", "-p", vhost, "name", "messages")
-    counts = {}
-    for line in listing.splitlines():
-        name, _, count = line.partition("\t")
-        if count.strip().isdigit():
-            counts[name] = int(count)
-    return counts
+    return queue_counts(rabbitmqctl("list_queues", "-p", vhost, "name", "messages"))
 
 
 def test_what_a_flush_reports_moved_never_stays_parked(vhost: str) -> None:

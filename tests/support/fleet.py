@@ -48,6 +48,7 @@ from tests.support.rabbit import (
     amqp_url,
     delete_vhost,
     import_definitions,
+    queue_counts,
     rabbitmqctl,
     vhost_definitions,
 )
@@ -215,13 +216,7 @@ class FleetUnderTest:
         time.sleep(max(0.0, self._last_listing_at + CTL_FIRST_S - time.monotonic()))
         self._last_listing_at = time.monotonic()
         args = ("list_queues", "-p", self.vhost, "name", "messages_unacknowledged")
-        listing = self.node.ctl(*args) if self.node else rabbitmqctl(*args)
-        counts = {}
-        for line in listing.splitlines():
-            name, _, count = line.partition("\t")
-            if count.strip().isdigit():
-                counts[name] = int(count)
-        return counts
+        return queue_counts(self.node.ctl(*args) if self.node else rabbitmqctl(*args))
 
     def in_hand(self) -> int:
         """Deliveries unacknowledged across the vhost."""

@@ -37,6 +37,16 @@ def rabbitmqctl(*args: str, check: bool = True, stdin: str | None = None) -> str
     return result.stdout
 
 
+def queue_counts(listing: str) -> dict[str, int]:
+    """``rabbitmqctl list_queues … name <count>`` output ▶ queue ▶ count."""
+    counts = {}
+    for line in listing.splitlines():
+        name, _, count = line.partition("\t")
+        if count.strip().isdigit():
+            counts[name] = int(count)
+    return counts
+
+
 def amqp_url(
     vhost: str, user: str = "guest", password: str = "guest", port: int = AMQP_PORT
 ) -> str:
