@@ -52,7 +52,7 @@ class Fleet:
         self.now = 0.0
         self.children: list[FakeChild] = []
         self.script: list[tuple[float, Callable[[], StopRequest | None]]] = []
-        self.forgotten = 0
+        self.forgotten_at: list[float] = []
         self.on_start: Callable[[FakeChild], None] = lambda child: None
         specs = [ChildSpec(name, kind, lambda: 0) for name, kind in names.items()]  # type: ignore[arg-type]
         self.supervisor = Supervisor(
@@ -82,7 +82,7 @@ class Fleet:
         return None
 
     def forget(self) -> None:
-        self.forgotten += 1
+        self.forgotten_at.append(self.now)
 
     def at(self, moment: float, action: Callable[[], StopRequest | None]) -> None:
         self.script.append((moment, action))
@@ -119,7 +119,7 @@ def test_a_dead_child_is_restarted_after_a_backoff_while_the_others_run_on(
     assert fleet.starts("worker-0") == [0.0, 11.0]
     assert fleet.starts("worker-1") == [0.0] and fleet.starts("suspect-lane") == [0.0]
     assert fleet.children[1].signals == [signal.SIGTERM]  # only the stop reached worker-1
-    assert fleet.forgotten >= 2  # the dead pid's health state, and again at the end
+    assert fleet.forgotten_at == [10.0, 20.0, 20.0, 20.0, 20.0]  # at each exit, once at the end
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.getMessage().startswith(
         "worker-0 (pid 1000) exited unexpectedly (killed by SIGKILL); restarting it in 1 s"
