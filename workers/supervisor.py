@@ -226,11 +226,11 @@ class Supervisor:
     def _give_up(self, name: str, pid: int, exit_: str) -> None:
         policy = self.policy
         log.critical(
-            "%s keeps dying: %d exits within %g s, the last pid %s with %s; not restarting it, "
-            "stopping the fleet (exit 1). Fix the cause and start it again "
+            "%s keeps dying: restarted %d times within %g s, it died again (pid %s, %s); not "
+            "restarting it, stopping the fleet (exit 1). Fix the cause and start it again "
             "(FLEET_WORKER_RESTART_LIMIT=%d restarts per FLEET_WORKER_RESTART_WINDOW_S=%g)",
             name,
-            policy.limit + 1,
+            policy.limit,
             policy.window_s,
             pid,
             exit_,
