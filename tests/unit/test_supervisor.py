@@ -3,6 +3,7 @@ children and a fake clock; then once with real forked processes and real signals
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -296,6 +297,9 @@ def test_real_children_are_restarted_stopped_by_sigterm_and_die_with_a_killed_su
     finally:
         if supervisor.poll() is None:
             supervisor.kill()
+        for pid in pids("steady") + pids("other"):  # orphans, should a check above have failed
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _state(pid: int) -> str:
