@@ -30,6 +30,7 @@ from workers.observability.metrics import MetricsMiddleware
 from workers.observability.sentry import SentryMiddleware
 from workers.runtime import current_runtime, set_consumer_control
 from workers.settings import get_settings
+from workers.supervisor import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ set_consumer_control(broker.pause_domains, broker.resume_domains, broker.restore
 
 
 def run_suspect_lane() -> int:
-    """The suspect lanes' supervisor (a Dramatiq fork function).
+    """The suspect lanes' supervisor (a child of ``fleet worker``).
 
     A suspect may crash its process again — that is why it is here — so the lane runs in a child
     that is restarted when it dies; the quorum delivery limit of the lane dead-letters a message
@@ -134,10 +135,12 @@ def run_suspect_lane() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     while not stopping.is_set():
-        # os.fork, not multiprocessing: Dramatiq's fork processes are daemonic and may not
-        # have multiprocessing children.
+        # os.fork, not multiprocessing: run as a Dramatiq fork function, the lane is a daemonic
+        # process, and those may not have multiprocessing children.
+        parent = os.getpid()
         child = os.fork()
         if child == 0:
+            die_with_parent(signal.SIGTERM, parent)
             code = 0
             try:
                 _serve_suspect_lane(domains)

@@ -144,7 +144,7 @@ class LocalFleet:
             return child.wait(10)
         deadline = time.monotonic() + timeout_s
         while group_alive(child.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)  # fork processes (relay, suspect lane) may outlive the main one
+            time.sleep(0.1)  # side processes (relay, suspect lane) may outlive the supervisor
         self.signal(child, signal.SIGKILL)
         return code
 

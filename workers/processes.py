@@ -1,6 +1,6 @@
 """Process mains that run beside the workers: each reads the settings, builds what its library
-needs and runs until SIGTERM / SIGINT. Each is a Dramatiq fork function of ``fleet worker``
-(``workers.commands.worker``) and a ``fleet`` command of its own.
+needs and runs until SIGTERM / SIGINT. Each is a supervised child of ``fleet worker``
+(``workers.supervisor``) and a ``fleet`` command of its own.
 
     run_archiver   dead letters ▶ the archive (``dlq.archiver``): ``fleet dlq archive``
 
@@ -23,8 +23,8 @@ KILLED_EXIT_CODE = 137
 
 
 def run_archiver() -> int:
-    """The dead-letter archiver as a process of its own (``fleet dlq archive``, or a Dramatiq
-    fork function of ``fleet worker --archiver``): settings from the environment."""
+    """The dead-letter archiver as a process of its own (``fleet dlq archive``, or a child of
+    ``fleet worker --archiver``): settings from the environment."""
     settings = get_settings()
     stopping = _stop_on_signals()
     engine = make_engine(

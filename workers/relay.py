@@ -146,7 +146,7 @@ def run_relay(runtime: Runtime, stopping: threading.Event, batch: int = DEFAULT_
 
 
 def run_outbox_relay() -> int:
-    """The relay as a process of its own (a Dramatiq fork function, or ``fleet outbox relay``)."""
+    """The relay as a process of its own (a child of ``fleet worker`` or ``fleet outbox relay``)."""
     stopping = threading.Event()
 
     def stop(_signum: int, _frame: FrameType | None) -> None:

@@ -118,6 +118,15 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(
         default=20.0, gt=0, description="How long a stopping worker finishes in-flight messages"
     )
+    worker_restart_limit: int = Field(
+        default=5,
+        ge=0,
+        description="Restarts of one `fleet worker` child within FLEET_WORKER_RESTART_WINDOW_S "
+        "before it gives up on a crash loop (exit 1); 0 = never restart",
+    )
+    worker_restart_window_s: float = Field(
+        default=300.0, gt=0, description="The window FLEET_WORKER_RESTART_LIMIT counts in, seconds"
+    )
     max_attempts: int = Field(
         default=8, ge=1, description="Attempts of a transiently failing message before it dies"
     )

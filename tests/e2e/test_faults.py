@@ -18,6 +18,8 @@ from tests.support.factories import sample
 from tests.support.fleet import FleetUnderTest, Supervisor, fleet_under_test
 from tests.support.rabbit import AMQP_PORT
 from tests.support.tcp_proxy import tcp_proxy
+from workers.local import group_alive
+from workers.observability.health import check_health, read_states
 
 pytestmark = [pytest.mark.broker, pytest.mark.db, pytest.mark.slow]
 
@@ -328,3 +330,104 @@ def test_scaling_out_and_in_during_a_run_loses_and_doubles_nothing(tmp_path: Pat
         assert fleet.largest_batch() >= 2, "no batch of two or more: the batch path went untried"
         assert not report.dead_by_reason, report.summary()
         assert fleet.query("SELECT count(*) FROM billing_charges") == [(len(charges),)]
+
+
+def _worker_pids(health_dir: Path) -> set[int]:
+    """Dramatiq worker processes that report (the suspect lane's process has role "suspect")."""
+    return {
+        int(state["pid"])
+        for state in read_states(health_dir)
+        if state.get("role") == "worker" and "pid" in state
+    }
+
+
+def test_a_worker_process_killed_is_restarted_while_the_other_works_on(tmp_path: Path) -> None:
+    health_dir = tmp_path / "health"
+    env = {"FLEET_HEALTH_DIR": str(health_dir), "FLEET_HEALTH_INTERVAL_S": "1", **BATCHES}
+    with fleet_under_test(tmp_path, env=env) as fleet:
+        opens, charges = workload(accounts=20, charges_per_account=100)
+        fleet.publish(opens, "order-management")
+        upstream = fleet.upstream(charges, batch=100, interval_s=0.5)  # a run of ~10 s
+        process = fleet.start_workers(processes=2, threads=4)
+        fleet.wait_for(lambda: len(_worker_pids(health_dir)) == 2, what="two worker processes")
+        fleet.wait_for(lambda: len(fleet.events()) > 200, what="the fleet at work")
+
+        # When one worker process (not fleet worker, not its group) is SIGKILLed mid-run
+        victim, survivor = sorted(_worker_pids(health_dir))
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.time()
+
+        # Then a replacement reports, the dead pid's health state is gone, fleet worker runs on
+        fleet.wait_for(
+            lambda: len(_worker_pids(health_dir) - {survivor, victim}) == 1,
+            timeout_s=30,
+            what="a replacement worker process",
+        )
+        [replacement] = _worker_pids(health_dir) - {survivor, victim}
+        assert not (health_dir / f"worker-{victim}.json").exists()
+        assert process.poll() is None, "fleet worker stopped"
+        replaced_at = float(
+            json.loads((health_dir / f"worker-{replacement}.json").read_text())["started_at"]
+        )
+        # and the other worker process went on processing meanwhile
+        meanwhile = [
+            e for e in fleet.events() if e["pid"] == survivor and killed_at < e["at"] < replaced_at
+        ]
+        assert meanwhile, "the surviving worker process did nothing while the other was down"
+        fleet.wait_for(
+            lambda: any(e["pid"] == replacement for e in fleet.events()),
+            what="the replacement at work",
+        )
+        upstream.finish(timeout_s=120)
+        fleet.assert_charged_exactly_once(len(charges))
+        log = (tmp_path / "logs" / "worker.log").read_text()
+        assert f"Worker with PID {victim} exited unexpectedly (code -9)" in log
+        assert "exited unexpectedly (exit code 1: its worker process died" in log
+        assert "restarting it in 1 s, the others run on" in log
+        assert "CRITICAL" not in log
+        verdict = check_health(health_dir, max_stale_s=30, max_busy_s=300)
+        assert verdict.ok, verdict.reason
+        assert verdict.reason.startswith("ok: 3 worker processes"), verdict.reason
+        assert fleet.local.stop(process, timeout_s=60) == 0
+
+
+def test_a_worker_that_cannot_start_makes_fleet_worker_give_up_loudly(tmp_path: Path) -> None:
+    # Given a keys file that does not exist: every worker process fails to build its runtime
+    env = {
+        "FLEET_KEYS_FILE": str(tmp_path / "no-such-keys.json"),
+        "FLEET_HEALTH_DIR": str(tmp_path / "health"),
+        "FLEET_WORKER_RESTART_LIMIT": "2",
+        "FLEET_WORKER_RESTART_WINDOW_S": "60",
+    }
+    with fleet_under_test(tmp_path, env=env) as fleet:
+        started = time.monotonic()
+        process = fleet.start_workers(processes=2, threads=2, outbox_relay=False, log_format="json")
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                "fleet worker kept restarting a worker that cannot start"
+            ) from None
+        # Then fleet worker exits 1 after two restarts of one child (backoffs 1 s and 2 s),
+        assert code == 1
+        assert time.monotonic() - started < 30
+        # having stopped every other child (the suspect lane, the other worker)
+        fleet.wait_for(lambda: not group_alive(process.pid), timeout_s=10, what="no child left")
+        lines = [
+            json.loads(line)
+            for line in (tmp_path / "logs" / "worker.log").read_text().splitlines()
+            if line.startswith("{")
+        ]
+        supervisor = [line for line in lines if line["logger"] == "workers.supervisor"]
+        restarts = [line for line in supervisor if "restarting it in" in line["message"]]
+        assert len(restarts) >= 2
+        # with one CRITICAL line that names the child and the cause
+        [critical] = [line for line in lines if line["level"] == "CRITICAL"]
+        assert critical["logger"] == "workers.supervisor"
+        message = critical["message"]
+        assert (
+            message.startswith("worker-")
+            and " keeps dying: restarted 2 times within 60 s, it died again" in message
+        )
+        assert "could not start: the runtime (keys, database, settings)" in message
+        assert "FLEET_WORKER_RESTART_LIMIT=2" in message

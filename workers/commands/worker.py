@@ -16,9 +16,10 @@ OUTBOX_RELAY = "workers.relay:run_outbox_relay"
 ARCHIVER = "workers.processes:run_archiver"
 METRICS_SERVER = "workers.observability.metrics:serve_metrics"
 LOG_FORMATS = ("json", "text")
-# What every process Dramatiq forks imports, minus ``workers.app`` itself (which builds the broker
-# and its middleware: that stays in each child). Imported once before the fork, they are inherited
-# copy-on-write instead of imported again in each process (about a second of CPU apiece).
+# What every process of the fleet imports, minus ``workers.app`` itself (which builds the broker
+# and its middleware: that stays in each worker process). Imported once before the supervisor
+# forks, they are inherited copy-on-write instead of imported again in each process (about a
+# second of CPU apiece).
 # None of them connects, starts a thread or writes a file when imported.
 PRELOADED = (
     "workers.broker",
@@ -30,6 +31,7 @@ PRELOADED = (
     "workers.processes",
     "workers.relay",
     "workers.runtime",
+    "dramatiq.cli",
 )
 
 
@@ -64,14 +66,18 @@ def worker(
         help="Log lines: json or text (default: $FLEET_LOG_FORMAT, json)",
     ),
 ) -> None:
-    """Run worker processes on the chosen domain queues (Dramatiq's CLI does the processes)."""
-    import dramatiq.cli
+    """Run worker processes on the chosen domain queues, each restarted when it dies.
 
+    Every worker process runs under a Dramatiq master of its own, the side processes (suspect
+    lane, relay, archiver, metrics) beside them; ``workers.supervisor`` restarts a child that
+    dies and gives up loudly (exit 1) on a crash loop.
+    """
     from queues.topology import DOMAINS
     from workers.observability.health import expect_worker_processes, forget_stopped_processes
     from workers.observability.logging import configure_logging
     from workers.observability.metrics import prepare_multiprocess_dir, remove_multiprocess_dir
     from workers.settings import get_settings
+    from workers.supervisor import STOP_MARGIN_S, RestartPolicy, side_spec, supervise, worker_spec
 
     unknown = sorted(set(queues) - set(DOMAINS))
     if unknown:
@@ -79,7 +85,7 @@ def worker(
     if log_format is not None and log_format not in LOG_FORMATS:
         fail(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
     domains = queues or list(DOMAINS)
-    # Every process Dramatiq forks inherits this environment (and the settings cache).
+    # Every process forked from here inherits this environment (and the settings cache).
     os.environ["FLEET_WORKER_DOMAINS"] = json.dumps(domains)
     if threads is not None:
         os.environ["FLEET_WORKER_THREADS"] = str(threads)
@@ -99,8 +105,6 @@ def worker(
     )
     argv = [
         "workers.app",
-        "--processes",
-        str(processes),
         "--threads",
         str(settings.worker_threads),
         "--worker-shutdown-timeout",
@@ -109,19 +113,24 @@ def worker(
         "--queues",
         *domains,
     ]
+    specs = [worker_spec(index, argv) for index in range(processes)]
     if suspect_lane:
-        argv += ["--fork-function", SUSPECT_LANE]
+        specs.append(side_spec("suspect-lane", SUSPECT_LANE))
     if outbox_relay:
-        argv += ["--fork-function", OUTBOX_RELAY]
+        specs.append(side_spec("outbox-relay", OUTBOX_RELAY))
     if archiver:
-        argv += ["--fork-function", ARCHIVER]
+        specs.append(side_spec("archiver", ARCHIVER))
     if settings.metrics_port:
-        argv += ["--fork-function", METRICS_SERVER]
+        specs.append(side_spec("metrics", METRICS_SERVER))
     for module in PRELOADED:
         importlib.import_module(module)
-    parser = dramatiq.cli.make_argument_parser()
     try:
-        code = dramatiq.cli.main(parser.parse_args(argv))
+        code = supervise(
+            specs,
+            RestartPolicy(settings.worker_restart_limit, settings.worker_restart_window_s),
+            stop_timeout_s=settings.shutdown_timeout_s + STOP_MARGIN_S,
+            forget=lambda: forget_stopped_processes(settings.health_dir),
+        )
     finally:
         expectation.unlink(missing_ok=True)
         if made_metrics_dir:

@@ -1,9 +1,10 @@
 """Log lines of the fleet: JSON (one object per line) or text, with the message context.
 
-``configure_logging`` runs once in ``fleet worker`` before Dramatiq forks (Dramatiq's own set-up
-is skipped with ``--skip-logging``), so the master, the worker processes and the fork processes
-all log the same way. The handler writes to whatever ``sys.stderr`` is at the time: in a child
-Dramatiq points it at the pipe its master reads, so lines of several processes never interleave.
+``configure_logging`` runs once in ``fleet worker`` before it forks (Dramatiq's own set-up is
+skipped with ``--skip-logging``), so the supervisor, the Dramatiq masters, the worker processes and
+the side processes all log the same way. The handler writes to whatever ``sys.stderr`` is at the
+time: in a worker process Dramatiq points it at the pipe its master reads; every process writes
+whole lines, so lines of several processes never interleave.
 
 A JSON line carries ``time``, ``level``, ``logger``, ``message``, ``pid``, ``thread`` and, while a
 worker thread handles a message, ``message_id``, ``type`` and ``queue``

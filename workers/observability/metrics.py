@@ -1,10 +1,10 @@
 """Prometheus metrics of the fleet, fed by the outcome events and safe across processes.
 
 **Multiprocess.** ``fleet worker`` points ``PROMETHEUS_MULTIPROC_DIR`` at an empty directory
-before Dramatiq forks (``prepare_multiprocess_dir``); every worker, suspect-lane and relay process
-then keeps its samples in memory-mapped files there, and the exposition — a Dramatiq fork process
-running ``serve_metrics`` — adds them up with ``MultiProcessCollector``. Without the variable (a
-single process, a test) the metrics live in the process's own default registry.
+before it forks (``prepare_multiprocess_dir``); every worker, suspect-lane and relay process
+then keeps its samples in memory-mapped files there, and the exposition — a child of
+``fleet worker`` running ``serve_metrics`` — adds them up with ``MultiProcessCollector``. Without
+the variable (a single process, a test) the metrics live in the process's own default registry.
 
 **Fed by events, not by a second copy of the decisions.** The lifecycle emits one outcome event
 per message (``workers.events``); ``FleetMetrics.record`` turns each into samples. Publisher
@@ -349,7 +349,7 @@ def start_metrics_server(port: int, bind: str) -> None:
 
 
 def serve_metrics() -> int:
-    """The exposition as a Dramatiq fork process of ``fleet worker`` (port from the settings)."""
+    """The exposition as a child process of ``fleet worker`` (port from the settings)."""
     from workers.settings import get_settings
 
     settings = get_settings()
