@@ -25,7 +25,7 @@ pytestmark = pytest.mark.broker
 TIER_S = 600
 CONFIG = TopologyConfig(retry_tiers_s=(TIER_S,))
 PARKED = 300
-ROUNDS = 3
+ROUNDS = 2
 
 
 @pytest.fixture(scope="module")
