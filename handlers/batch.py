@@ -212,7 +212,7 @@ class Settled:
 
     outcomes: list[Outcome | None]
     committed: int
-    """Items whose outcome was committed in the final, shared transaction."""
+    """Items the batch answered (committed, or found duplicates by their claim)."""
 
 
 def settle_batch(

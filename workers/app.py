@@ -59,8 +59,10 @@ def choose_actor(delivery: Delivery) -> str:
     queue, max_body_bytes = delivery.queue, get_settings().max_body_bytes
     try:
         parsed = parse(delivery.body, max_body_bytes=max_body_bytes)
-    except EnvelopeError as exc:
-        delivery.envelope = exc
+    except Exception as exc:  # this is the consumer thread: nothing may escape
+        # A refusal travels with the delivery; anything else (a bug) the lifecycle meets again
+        # on a worker thread, where a failure has its outcome.
+        delivery.envelope = exc if isinstance(exc, EnvelopeError) else None
         try:
             message_type = peek_header(delivery.body[: max_body_bytes + 1]).message_type
         except FleetError:
