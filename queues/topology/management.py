@@ -12,7 +12,7 @@ from typing import Any
 
 from queues.topology.entities import Binding, Policy, TopologyError
 from queues.topology.export import policy_json
-from queues.topology.state import BrokerState, ExchangeState, QueueState, arguments_table
+from queues.topology.state import BrokerState, exchange_states, queue_states
 
 
 class HttpAdmin:
@@ -60,30 +60,8 @@ class HttpAdmin:
         v = urllib.parse.quote(vhost, safe="")
         columns = "name,type,durable,auto_delete,arguments,policy,messages"
         return BrokerState(
-            exchanges={
-                row["name"]: ExchangeState(
-                    name=row["name"],
-                    type=row["type"],
-                    durable=bool(row["durable"]),
-                    auto_delete=bool(row["auto_delete"]),
-                    internal=bool(row["internal"]),
-                    arguments=arguments_table(row.get("arguments")),
-                )
-                for row in self._list(f"/api/exchanges/{v}")
-                if row["name"]
-            },
-            queues={
-                row["name"]: QueueState(
-                    name=row["name"],
-                    type=str(row.get("type", "classic")),
-                    durable=bool(row["durable"]),
-                    auto_delete=bool(row["auto_delete"]),
-                    arguments=arguments_table(row.get("arguments")),
-                    policy=row.get("policy") or None,
-                    messages=int(row.get("messages") or 0),
-                )
-                for row in self._list(f"/api/queues/{v}?columns={columns}")
-            },
+            exchanges=exchange_states(self._list(f"/api/exchanges/{v}")),
+            queues=queue_states(self._list(f"/api/queues/{v}?columns={columns}")),
             bindings=frozenset(
                 Binding(row["source"], row["destination"], row["routing_key"])
                 for row in self._list(f"/api/bindings/{v}")

@@ -10,13 +10,7 @@ from typing import Any
 
 from queues.topology.entities import Binding, Policy, TopologyError
 from queues.topology.export import policy_json
-from queues.topology.state import (
-    BrokerState,
-    ExchangeState,
-    QueueState,
-    arguments_table,
-    serves_amqp,
-)
+from queues.topology.state import BrokerState, exchange_states, queue_states, serves_amqp
 
 
 class Rabbitmqctl:
@@ -120,30 +114,8 @@ class RabbitmqctlAdmin:
         exchanges, queues = rows["exchanges"], rows["queues"]
         bindings, policies = rows["bindings"], rows["policies"]
         return BrokerState(
-            exchanges={
-                row["name"]: ExchangeState(
-                    name=row["name"],
-                    type=row["type"],
-                    durable=bool(row["durable"]),
-                    auto_delete=bool(row["auto_delete"]),
-                    internal=bool(row["internal"]),
-                    arguments=arguments_table(row["arguments"]),
-                )
-                for row in exchanges
-                if row["name"]
-            },
-            queues={
-                row["name"]: QueueState(
-                    name=row["name"],
-                    type=str(row["type"]),
-                    durable=bool(row["durable"]),
-                    auto_delete=bool(row["auto_delete"]),
-                    arguments=arguments_table(row["arguments"]),
-                    policy=row.get("policy") or None,
-                    messages=int(row.get("messages") or 0),
-                )
-                for row in queues
-            },
+            exchanges=exchange_states(exchanges),
+            queues=queue_states(queues),
             bindings=frozenset(
                 Binding(row["source_name"], row["destination_name"], row["routing_key"])
                 for row in bindings

@@ -60,6 +60,38 @@ def arguments_table(raw: Any) -> dict[str, Any]:
     return {str(item[0]): item[2] for item in raw or []}
 
 
+def exchange_states(rows: Iterable[Mapping[str, Any]]) -> dict[str, ExchangeState]:
+    """Exchanges as either admin backend lists them, the nameless default exchange left out."""
+    return {
+        row["name"]: ExchangeState(
+            name=row["name"],
+            type=row["type"],
+            durable=bool(row["durable"]),
+            auto_delete=bool(row["auto_delete"]),
+            internal=bool(row["internal"]),
+            arguments=arguments_table(row.get("arguments")),
+        )
+        for row in rows
+        if row["name"]
+    }
+
+
+def queue_states(rows: Iterable[Mapping[str, Any]]) -> dict[str, QueueState]:
+    """Queues as either admin backend lists them."""
+    return {
+        row["name"]: QueueState(
+            name=row["name"],
+            type=str(row.get("type", "classic")),
+            durable=bool(row["durable"]),
+            auto_delete=bool(row["auto_delete"]),
+            arguments=arguments_table(row.get("arguments")),
+            policy=row.get("policy") or None,
+            messages=int(row.get("messages") or 0),
+        )
+        for row in rows
+    }
+
+
 def serves_amqp(listeners: Iterable[Mapping[str, Any]], port: int) -> bool:
     """Whether a node's listener list (``rabbitmqctl status`` or ``/api/overview``) includes
     AMQP (plain or TLS) on ``port``."""
