@@ -245,7 +245,7 @@ class Lifecycle:
             else:
                 self._dead(delivery, info, attempt, exc, exc.reason)
         elif isinstance(exc, NotYet):
-            if attempt >= self.policy.max_attempts or self._past_horizon(delivery, info):
+            if attempt >= self.policy.max_attempts or self._past_horizon(delivery):
                 self._dead(delivery, info, attempt, exc, "not_yet_expired")
             else:
                 self._retry(delivery, info, attempt, exc)
@@ -318,9 +318,11 @@ class Lifecycle:
             breaker.record_failure()
         return breaker
 
-    def _past_horizon(self, delivery: Delivery, info: dict[str, Any]) -> bool:
-        first = _fleet_headers(delivery).get(H_FIRST_FAILURE)
-        started = _parse_time(first) or _parse_time(info.get("created_at"))
+    def _past_horizon(self, delivery: Delivery) -> bool:
+        """Whether a ``NotYet`` has waited out its horizon, counted from the first failure the
+        fleet saw (``x-fleet-first-failure``, the fleet's own clock) — never from the producer's
+        ``created_at``, which a producer's clock hours slow or fast would move."""
+        started = _parse_time(_fleet_headers(delivery).get(H_FIRST_FAILURE))
         return started is not None and time.time() - started > self.policy.not_yet_horizon_s
 
     def _publish(self, delivery: Delivery, info: dict[str, Any], out: Outgoing, step: str) -> bool:

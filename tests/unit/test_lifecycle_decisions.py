@@ -47,8 +47,9 @@ def charge(
     headers: dict[str, Any] | None = None,
     routing_key: str | None = None,
     keys: KeyRegistry = KEYS,
+    created_at: datetime | None = None,
 ) -> Delivery:
-    sealed = seal(sample("billing.charge.post"), keys.sealing_key(PRODUCER))
+    sealed = seal(sample("billing.charge.post"), keys.sealing_key(PRODUCER), created_at=created_at)
     delivery = delivery_of(
         sealed.body,
         "billing",
@@ -114,6 +115,19 @@ def test_not_yet_past_its_horizon_is_dead_whatever_attempts_are_left() -> None:
     delivery = charge(exchange=RETRY_EXCHANGE, headers={H_ATTEMPT: 2, H_FIRST_FAILURE: long_ago})
     _, [dead] = run(NotYet("account"), delivery)
     assert dead.headers[H_REASON] == "not_yet_expired"
+
+
+@pytest.mark.parametrize("skew", [timedelta(hours=-7), timedelta(hours=7)], ids=["slow", "fast"])
+def test_the_horizon_counts_from_the_first_failure_not_the_producers_clock(
+    skew: timedelta,
+) -> None:
+    # A producer whose clock is hours off: its first NotYet is retried, and the horizon starts
+    # at that failure, on the fleet's clock.
+    delivery = charge(created_at=datetime.now(UTC) + skew)
+    _, [retry] = run(NotYet("account"), delivery)
+    assert retry.exchange == RETRY_EXCHANGE
+    first = datetime.fromisoformat(retry.headers[H_FIRST_FAILURE])
+    assert abs(datetime.now(UTC) - first) < timedelta(minutes=1)
 
 
 def test_a_permanent_error_is_dead_at_once_with_its_reason() -> None:

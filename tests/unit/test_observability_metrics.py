@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,20 @@ def test_every_metric_is_documented_for_operators(registry: CollectorRegistry) -
     ]
     missing = [name for name in exposed if f"`{name}`" not in doc]
     assert len(exposed) == 12 and not missing, missing
+
+
+def test_a_producer_clock_ahead_of_the_workers_counts_as_age_zero(
+    registry: CollectorRegistry,
+) -> None:
+    # created_at an hour in the worker's future: the age at completion is 0, never negative
+    metrics = FleetMetrics(registry)
+    ahead = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    for event in (
+        {"event": "ok", "queue": "crm", "type": "crm.interaction.log", "age_s": -3600.0},
+        {"event": "ok", "queue": "crm", "type": "crm.interaction.log", "created_at": ahead},
+    ):
+        metrics.record(event)
+    labels = {"queue": "crm", "type": "crm.interaction.log", "outcome": "ok"}
+    assert value(registry, "fleet_message_age_seconds_count", **labels) == 2
+    assert value(registry, "fleet_message_age_seconds_sum", **labels) == 0
+    assert value(registry, "fleet_message_age_seconds_bucket", le="0.1", **labels) == 2
