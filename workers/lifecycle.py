@@ -375,10 +375,11 @@ class Lifecycle:
     ) -> None:
         tier = self.policy.tier_for(attempt if burn else 1)
         reason = getattr(exc, "reason", "unexpected_error")
+        history = _fleet_headers(delivery)
         headers = {
-            **_fleet_headers(delivery),
+            **history,
             H_ATTEMPT: attempt + 1 if burn else attempt,
-            H_FIRST_FAILURE: _fleet_headers(delivery).get(H_FIRST_FAILURE) or _now_iso(),
+            H_FIRST_FAILURE: history.get(H_FIRST_FAILURE) or _now_iso(),
             H_LAST_REASON: reason,
             H_LAST_ERROR_CLASS: type(exc).__name__,
         }
@@ -402,17 +403,18 @@ class Lifecycle:
         # payload values (an IntegrityError DETAIL, a ValueError), and this header is archived.
         frames = "".join(traceback.format_tb(exc.__traceback__, limit=8))
         trace = f"Traceback (most recent call last):\n{frames}{type(exc).__name__}: {message}"
+        history = _fleet_headers(delivery)
         headers = {
-            **_fleet_headers(delivery),
+            **history,
             H_REASON: reason,
             H_ERROR_CLASS: type(exc).__name__,
             H_ERROR: message[:MAX_ERROR_CHARS],
             H_ATTEMPTS: attempt,
-            H_FIRST_FAILURE: _fleet_headers(delivery).get(H_FIRST_FAILURE) or _now_iso(),
+            H_FIRST_FAILURE: history.get(H_FIRST_FAILURE) or _now_iso(),
             H_LAST_FAILURE: _now_iso(),
             H_WORKER_HOST: self.host,
             H_WORKER_PID: os.getpid(),
-            H_DEATH_ID: death_id(delivery.body, _fleet_headers(delivery)),
+            H_DEATH_ID: death_id(delivery.body, history),
             H_QUEUE: domain_of(delivery.queue),
             H_LANE: delivery.queue,
             H_EXCHANGE: delivery.exchange,
